@@ -1,0 +1,29 @@
+# Two commands on a fresh machine with Python 3.11+ and make:
+#   make run    serve on http://127.0.0.1:8000
+#   make test   every check: format, lint, types, tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/.installed: pyproject.toml requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit("pingforward needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e '.[dev]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/uvicorn --factory pingforward.app:create_app --host 127.0.0.1 --port 8000
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff format --check pingforward tests
+	$(BIN)/ruff check pingforward tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from pingforward.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""The Starlette app: XML-RPC in, Webmention out. The one place where faults become HTTP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from pingforward import PROJECT_URL, __version__
+from pingforward.config import Settings
+from pingforward.forward import ForwardError, Outcome, forward, parse_forward
+from pingforward.pingback import (
+    LIST_METHODS,
+    METHODS,
+    PINGBACK_PING,
+    Fault,
+    FaultCode,
+    parse_call,
+    ping_from_params,
+    render_fault,
+    render_response,
+)
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = f"pingforward/{__version__} (+{PROJECT_URL})"
+XML = "text/xml; charset=utf-8"
+
+
+class State(TypedDict):
+    client: httpx.AsyncClient
+
+
+def _fault(code: FaultCode, message: str | None = None) -> Response:
+    # XML-RPC: "Unless there's a lower-level error, always return 200 OK." WordPress, Python's
+    # xmlrpc.client and mention-client-php read no fault code from any other status.
+    return Response(render_fault(Fault(code, message)), media_type=XML)
+
+
+def _log_ping(request: Request, forward_url: str, source: str, target: str, outcome: Outcome, ms: float) -> None:
+    # %r escapes newlines and control characters, so untrusted values cannot forge log lines.
+    logger.info(
+        "ping client=%s forward=%r source=%r target=%r status=%s outcome=%s ms=%.1f",
+        request.client.host if request.client else "-",
+        forward_url,
+        source,
+        target,
+        outcome.status if outcome.status is not None else "-",
+        "ok" if outcome.fault is None else int(outcome.fault),
+        ms,
+    )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the ASGI app; settings come from the environment unless given."""
+    settings = settings or Settings.from_environ(os.environ)
+    _configure_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with httpx.AsyncClient(
+            # No proxies or .netrc from the environment: we POST to URLs strangers name.
+            trust_env=False,
+            follow_redirects=False,
+            timeout=settings.timeout,
+            headers={"User-Agent": USER_AGENT},
+        ) as client:
+            yield {"client": client}
+
+    async def xmlrpc(request: Request) -> Response:
+        try:
+            return await _xmlrpc(request, settings)
+        except Exception:  # a bug of ours; the sender still gets a well-formed fault
+            logger.exception("internal error")
+            return _fault(FaultCode.INTERNAL_ERROR)
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    app = Starlette(
+        routes=[
+            Route("/", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
+            Route("/webmention", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        ],
+        lifespan=lifespan,
+    )
+    # Never answer with a redirect: webmention.io's GET redirect to `forward` was an open redirect.
+    app.router.redirect_slashes = False
+    return app
+
+
+async def _xmlrpc(request: Request, settings: Settings) -> Response:
+    try:
+        call = parse_call(await request.body())
+        if call.method == LIST_METHODS:
+            return Response(render_response(METHODS), media_type=XML)
+        if call.method != PINGBACK_PING:
+            raise Fault(FaultCode.METHOD_NOT_FOUND, f"server error. requested method {call.method!r} not found")
+        forward_url = parse_forward(request.scope["query_string"].decode("latin-1"))
+        ping = ping_from_params(call.params)
+    except ForwardError as exc:
+        return _fault(FaultCode.GENERIC, str(exc))
+    except Fault as fault:
+        return _fault(fault.code, fault.message)
+
+    started = time.perf_counter()
+    client: httpx.AsyncClient = request.state.client
+    client_ip = request.client.host if request.client else ""
+    outcome = await forward(client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout)
+    _log_ping(request, forward_url, ping.source, ping.target, outcome, (time.perf_counter() - started) * 1000)
+    if outcome.fault is None:
+        return Response(render_response(outcome.text), media_type=XML)
+    return _fault(outcome.fault, outcome.text)
+
+
+def _configure_logging() -> None:
+    # uvicorn configures only its own loggers; give ours a stdout handler once.
+    package = logging.getLogger("pingforward")
+    if not package.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)

@@ -1,0 +1,179 @@
+"""Forward one pingback as one Webmention, and map the receiver's answer back to a pingback result.
+
+`parse_forward` and `classify` are pure and table-tested; `forward` is the only I/O.
+Specs: https://www.w3.org/TR/webmention/#sending-the-webmention (§3.1.3, §3.2.3)
+and https://www.hixie.ch/specs/pingback/pingback (fault codes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+
+import httpx
+
+from pingforward.pingback import FaultCode, Ping, is_http_url
+
+MAX_FORWARD_URL: Final = 2048
+MAX_ANSWER: Final = 64 * 1024
+MAX_REDIRECTS: Final = 3
+REPOST_STATUSES: Final = frozenset({301, 302, 307, 308})
+
+# The error names real receivers put in JSON `error` (webmention.io, Webmention spec examples)
+# or `code` (the WordPress Webmention plugin's REST errors), to the nearest pingback fault.
+# The WordPress plugin's `target_not_found` means "no link found", but webmention.io's meaning
+# (the target does not exist) is the documented one, so it stays 32.
+ERROR_NAMES: Final[dict[str, FaultCode]] = {
+    "source_not_found": FaultCode.SOURCE_NOT_FOUND,
+    "invalid_source": FaultCode.SOURCE_NOT_FOUND,
+    "no_link_found": FaultCode.NO_LINK,
+    "target_not_found": FaultCode.TARGET_NOT_FOUND,
+    "target_not_supported": FaultCode.TARGET_NOT_PINGABLE,
+    "invalid_target": FaultCode.TARGET_NOT_PINGABLE,
+    "target_not_valid": FaultCode.TARGET_NOT_PINGABLE,
+    "already_registered": FaultCode.ALREADY_REGISTERED,
+    "access_denied": FaultCode.ACCESS_DENIED,
+    "forbidden": FaultCode.ACCESS_DENIED,
+}
+
+MISSING_FORWARD: Final = "Missing 'forward' parameter"
+INVALID_FORWARD: Final = "Invalid 'forward' parameter"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one ping: delivered (`fault` is None) or a fault, with its text."""
+
+    text: str
+    fault: FaultCode | None = None
+    status: int | None = None  # the receiver's last HTTP status, if it answered at all
+
+
+class ForwardError(ValueError):
+    """The `forward` query parameter is missing or unusable (pingback fault 0)."""
+
+
+def parse_forward(query: str) -> str:
+    """Take the forward URL out of a raw query string, or raise `ForwardError`."""
+    # WordPress copies the pingback href out of the page without decoding entities, so a
+    # `<link href="...?a=1&amp;forward=...">` arrives as a literal `&amp;` (protocol.md §4.1).
+    values = parse_qs(query.replace("&amp;", "&"), keep_blank_values=True).get("forward", [])
+    if not values:
+        raise ForwardError(MISSING_FORWARD)
+    url = values[0].strip()
+    if len(values) > 1 or len(url) > MAX_FORWARD_URL or not is_http_url(url):
+        raise ForwardError(INVALID_FORWARD)
+    if urlsplit(url).username is not None:  # userinfo would be sent as credentials
+        raise ForwardError(INVALID_FORWARD)
+    return url
+
+
+def _json_object(body: bytes) -> dict[str, object]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _text(data: dict[str, object], *keys: str) -> str:
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return ""
+
+
+# node's `pingback` client treats any answer containing "fault" as a fault (protocol.md §2.2),
+# so a success string must not contain it, not even inside "default". Percent-encoding the
+# "a" keeps a URL equivalent (RFC 3986 §6.2.2.2) and prose readable.
+_FAULT_WORD: Final = re.compile("(f)(a)(ult)", re.IGNORECASE)
+
+
+def _defang(text: str) -> str:
+    return _FAULT_WORD.sub(lambda m: f"{m[1]}%{ord(m[2]):X}{m[3]}", text)
+
+
+def classify(ping: Ping, status: int, body: bytes, location: str | None = None) -> Outcome:
+    """Map a receiver's final answer (not a redirect to follow) to a pingback outcome."""
+    data = _json_object(body)
+    error = _text(data, "error")
+    if 200 <= status < 300 and not error:
+        # Webmention §3.1.3: "Any 2xx response code MUST be considered a success."
+        text = _text(data, "result", "summary", "message") or (
+            f"Pingback from {ping.source} to {ping.target} was successful!"
+        )
+        if status == 201 and location:
+            text = f"{text} Status: {location}"
+        return Outcome(_defang(text), None, status)
+    if status == 303:
+        # 303 See Other: the receiver processed the POST and points at a page about it.
+        return Outcome(_defang(f"Pingback from {ping.source} to {ping.target} was accepted."), None, status)
+
+    # A 2xx carrying an `error` is a fault too, as webmention.io treats it.
+    name = error or ("" if 200 <= status < 300 else _text(data, "code"))
+    detail = _text(data, "error_description", "message")
+    described = f"{name}: {detail}" if name and detail else name or detail
+    if name in ERROR_NAMES:
+        return Outcome(described, ERROR_NAMES[name], status)
+    if status in (401, 403):
+        return Outcome(f"HTTP {status} {described}".strip(), FaultCode.ACCESS_DENIED, status)
+    if status == 429 or status >= 500 or 300 <= status < 400:
+        # Pingback 1.0: 0x0032 "SHOULD be used by pingback proxies when propagating errors".
+        return Outcome(f"upstream: HTTP {status} {described}".strip(), FaultCode.UPSTREAM_ERROR, status)
+    return Outcome(f"HTTP {status} {described}".strip(), FaultCode.GENERIC, status)
+
+
+def _upstream(reason: str, status: int | None = None) -> Outcome:
+    return Outcome(f"upstream: {reason}", FaultCode.UPSTREAM_ERROR, status)
+
+
+async def forward(client: httpx.AsyncClient, ping: Ping, url: str, *, client_ip: str, timeout: float) -> Outcome:
+    """POST the ping as a Webmention to `url`, re-POSTing across redirects, within `timeout`."""
+    body = urlencode({"source": ping.source, "target": ping.target}).encode()
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "application/json",
+        # An uncompressed answer keeps the byte cap honest: no bomb can inflate past it.
+        "Accept-Encoding": "identity",
+        "Original-Remote-Addr": client_ip,
+    }
+    try:
+        async with asyncio.timeout(timeout):
+            return await _post(client, url, body, headers, ping)
+    except (TimeoutError, httpx.TimeoutException):
+        return _upstream(f"no answer within {timeout:g} s")
+    except httpx.ConnectError:
+        return _upstream("could not connect (DNS, TCP or TLS)")
+    except (httpx.HTTPError, httpx.InvalidURL):
+        return _upstream("broken HTTP exchange")
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str], ping: Ping) -> Outcome:
+    # httpx's follow_redirects would turn the POST into a GET on 301/302/303 and lose the
+    # Webmention (snarfed/bridgy#753), so redirects are followed here, re-POSTing the same body.
+    for _ in range(MAX_REDIRECTS + 1):
+        async with client.stream("POST", url, content=body, headers=headers) as response:
+            status = response.status_code
+            location = response.headers.get("location")
+            if status in REPOST_STATUSES:
+                if location is None or not is_http_url(next_url := urljoin(url, location.strip())):
+                    return _upstream(f"HTTP {status} without a usable Location", status)
+                url = next_url
+                continue
+            length = response.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_ANSWER:
+                return _upstream("answer too large", status)
+            answer = bytearray()
+            async for chunk in response.aiter_raw():
+                answer += chunk
+                if len(answer) > MAX_ANSWER:
+                    return _upstream("answer too large", status)
+            if response.headers.get("content-encoding", "identity").lower() != "identity":
+                answer.clear()  # asked for identity; a compressed answer is not worth decoding
+            return classify(ping, status, bytes(answer), location and urljoin(url, location))
+    return _upstream(f"more than {MAX_REDIRECTS} redirects")
