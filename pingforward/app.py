@@ -16,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from pingforward import PROJECT_URL, __version__
 from pingforward.config import Settings
 from pingforward.forward import ForwardError, Outcome, forward, parse_forward
 from pingforward.pingback import (
@@ -30,10 +29,10 @@ from pingforward.pingback import (
     render_fault,
     render_response,
 )
+from pingforward.transport import make_client
 
 logger = logging.getLogger(__name__)
 
-USER_AGENT = f"pingforward/{__version__} (+{PROJECT_URL})"
 XML = "text/xml; charset=utf-8"
 
 
@@ -68,13 +67,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        async with httpx.AsyncClient(
-            # No proxies or .netrc from the environment: we POST to URLs strangers name.
-            trust_env=False,
-            follow_redirects=False,
-            timeout=settings.timeout,
-            headers={"User-Agent": USER_AGENT},
-        ) as client:
+        async with make_client(settings) as client:
             yield {"client": client}
 
     async def xmlrpc(request: Request) -> Response:
