@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11+ and make:
 #   make run    serve on http://127.0.0.1:8000
 #   make test   every check: format, lint, types, tests
+#   make bench  the speed benchmark (bench/README.md; a few minutes, needs wrk; not part of test)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,6 +25,9 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,477 @@
+"""The pingforward benchmark (issue 3): `make bench`, or `.venv/bin/python bench/run.py --help`.
+
+Starts, on 127.0.0.1 only, a fast Webmention sink, a slow one (1 s), the ceiling app and the proxy
+(both with the Procfile's uvicorn command), drives them with wrk and bench/burst.py, and prints one
+table of medians with the ratios that issue 3 sets as goals. Linux only (/proc, taskset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import resource
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+PYTHON = sys.executable
+PROXY_APP = "pingforward.app:create_app"
+CEILING_APP = "ceiling:create_app"  # bench/ceiling.py, found through --app-dir
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# What a WordPress blog sends (protocol.md §4.2: IXR's layout, always <string>-typed).
+PING_XML = b"""<?xml version="1.0"?>
+<methodCall>
+<methodName>pingback.ping</methodName>
+<params>
+
+<param><value><string>https://source.example/2026/11/21/a-post-that-links/</string></value></param>
+<param><value><string>https://target.example/2026/11/20/the-post-it-links-to/</string></value></param>
+</params></methodCall>
+"""
+WEBMENTION_FORM = (
+    b"source=https%3A%2F%2Fsource.example%2F2026%2F11%2F21%2Fa-post-that-links%2F"
+    b"&target=https%3A%2F%2Ftarget.example%2F2026%2F11%2F20%2Fthe-post-it-links-to%2F"
+)
+MALFORMED_XML = b'<?xml version="1.0"?>\n<methodCall><methodName>pingback.ping</methodName><params><param>'
+
+# Issue 3's goals.
+GOAL_THROUGHPUT = 0.20  # x ceiling
+GOAL_CPU_US = 220.0
+GOAL_ADDED_P50_MS = 0.35
+GOAL_BURST_LAST_S = 1.5
+GOAL_BURST_RSS_MIB = 90.0
+GOAL_JUNK = 0.7  # x ceiling
+GOAL_COLD_MS = 300.0
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    tmp: Path
+    proxy_core: int | None
+    load_core: int | None
+    env: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    def pinned(self, command: Sequence[str], core: int | None) -> list[str]:
+        return ["taskset", "-c", str(core), *command] if core is not None else list(command)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def procfile_command(port: int, app: str) -> list[str]:
+    """The Procfile's `web:` command for `app` on 127.0.0.1:`port` (it binds 0.0.0.0 in production)."""
+    line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    command = shlex.split(line.removeprefix("web:").replace("$PORT", str(port)))
+    for i, arg in enumerate(command):
+        if arg == "--host":
+            command[i + 1] = "127.0.0.1"
+        elif arg.startswith("--host="):
+            command[i] = "--host=127.0.0.1"
+        elif arg == PROXY_APP and app != PROXY_APP:
+            command[i : i + 1] = ["--app-dir", str(BENCH), app]
+    if "127.0.0.1" not in " ".join(command):
+        sys.exit("bench: the Procfile's web command has no --host to point at 127.0.0.1")
+    return command
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (proc(5) fields 14, 15)
+
+
+def memory_mib(pid: int, key: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of a process, in MiB."""
+    match = re.search(rf"^{key}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return int(match[1]) / 1024 if match else float("nan")
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"bench: {process.args!r} exited with {process.returncode}; see {RESULTS}/*.log")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    sys.exit(f"bench: nothing listens on port {port} after {seconds} s")
+
+
+@contextmanager
+def started(bench: Bench, name: str, command: list[str], core: int | None, port: int) -> Iterator[int]:
+    """Run `command` (pinned to `core`) until the block ends; yields its pid once `port` answers."""
+    log = open(RESULTS / f"{name}.log", "wb")  # noqa: SIM115 -- closed below
+    process = subprocess.Popen(bench.pinned(command, core), cwd=ROOT, env=bench.env, stdout=log, stderr=log)
+    try:
+        wait_for_port(port, process)
+        yield process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def wrk(
+    bench: Bench, port: int, expect: str, requests: list[tuple[str, Path]], connections: int, seconds: int
+) -> dict[str, float]:
+    pairs = [str(item) for request in requests for item in request]
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "-s",
+        str(BENCH / "ping.lua"),
+        f"http://127.0.0.1:{port}",
+        "--",
+        expect,
+        *pairs,
+    ]
+    out = subprocess.run(bench.pinned(command, bench.load_core), capture_output=True, text=True, timeout=seconds + 60)
+    if out.returncode:
+        sys.exit(f"bench: {shlex.join(command)} failed: {out.stderr.strip()}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["rate"] = result["good"] / (result["duration_us"] / 1e6)
+    if result["bad"] or result["socket_errors"]:
+        bench.notes.append(
+            f"wrk {expect} on :{port} c={connections}: "
+            f"{result['bad']} wrong answers, {result['socket_errors']} socket errors"
+        )
+    return result
+
+
+def wrk_cpu(
+    bench: Bench, pid: int, port: int, expect: str, requests: list[tuple[str, Path]], connections: int, seconds: int
+) -> dict[str, float]:
+    """wrk, plus the CPU time `pid` spent per good answer, in µs."""
+    before = cpu_seconds(pid)
+    result = wrk(bench, port, expect, requests, connections, seconds)
+    result["cpu_us"] = (cpu_seconds(pid) - before) / max(result["good"], 1) * 1e6
+    return result
+
+
+def ping_once(port: int, path: str, body: bytes, timeout: float = 5.0) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", path, body, {"Content-Type": "text/xml"})
+        response = connection.getresponse()
+        return response.status == 200 and b"<fault>" not in response.read()
+    finally:
+        connection.close()
+
+
+def answers(port: int, path: str) -> bool:
+    """Whether the proxy forwards one more ping within 5 s (after the burst: nothing stuck)."""
+    try:
+        return ping_once(port, path, PING_XML)
+    except OSError:
+        return False
+
+
+def cold_start(bench: Bench, path: str) -> float:
+    """Milliseconds from starting the proxy to its first answered ping."""
+    port = free_port()
+    log = open(RESULTS / "proxy-cold.log", "wb")  # noqa: SIM115
+    started_at = time.perf_counter()
+    process = subprocess.Popen(
+        bench.pinned(procfile_command(port, bench.args.app), bench.proxy_core),
+        cwd=ROOT,
+        env=bench.env,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        while time.perf_counter() - started_at < 20:
+            try:
+                if ping_once(port, path, PING_XML):
+                    return (time.perf_counter() - started_at) * 1000
+            except OSError:
+                time.sleep(0.002)
+            if process.poll() is not None:
+                break
+        sys.exit(f"bench: the proxy never answered a ping; see {RESULTS}/proxy-cold.log")
+    finally:
+        process.terminate()
+        process.wait(timeout=25)
+        log.close()
+
+
+def burst(bench: Bench, port: int, path: str) -> dict[str, float]:
+    command = [
+        PYTHON,
+        str(BENCH / "burst.py"),
+        "--port",
+        str(port),
+        "--path",
+        path,
+        "--body",
+        str(bench.tmp / "ping.xml"),
+        "--count",
+        str(bench.args.burst),
+        "--deadline",
+        "15",
+    ]
+    out = subprocess.run(bench.pinned(command, bench.load_core), capture_output=True, text=True, timeout=60, check=True)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def median(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def run(bench: Bench) -> dict[str, object]:
+    args = bench.args
+    tmp = bench.tmp
+    for name, body in (("ping.xml", PING_XML), ("webmention.form", WEBMENTION_FORM), ("malformed.xml", MALFORMED_XML)):
+        (tmp / name).write_bytes(body)
+    ping = tmp / "ping.xml"
+    sink_port, slow_port, ceiling_port, proxy_port = (free_port() for _ in range(4))
+    path = "/?forward=" + quote(f"http://127.0.0.1:{sink_port}/webmention", safe="")
+    slow_path = "/?forward=" + quote(f"http://127.0.0.1:{slow_port}/webmention", safe="")
+    junk = [("/", tmp / "malformed.xml"), ("/?forward=ftp%3A%2F%2Fx", ping), ("/", ping)]
+    seconds = args.seconds
+    sink = [PYTHON, str(BENCH / "sink.py"), "--port"]
+    results: dict[str, object] = {}
+
+    with started(bench, "sink", [*sink, str(sink_port)], bench.load_core, sink_port):
+        with started(
+            bench, "ceiling", procfile_command(ceiling_port, CEILING_APP), bench.proxy_core, ceiling_port
+        ) as ceiling_pid:
+            with started(
+                bench, "proxy", procfile_command(proxy_port, args.app), bench.proxy_core, proxy_port
+            ) as proxy_pid:
+                if not ping_once(proxy_port, path, PING_XML):
+                    sys.exit(f"bench: the proxy does not forward a ping to the sink; see {RESULTS}/proxy.log")
+                progress("warming up")
+                wrk(bench, ceiling_port, "ok", [("/", ping)], 64, 2)
+                wrk(bench, proxy_port, "ok", [(path, ping)], 64, 2)
+                rounds: list[dict[str, float]] = []
+                for i in range(args.rounds):
+                    progress(f"round {i + 1} of {args.rounds}: sink, ceiling, proxy, junk, latency")
+                    sink_rate = wrk(
+                        bench, sink_port, "accepted", [("/webmention", tmp / "webmention.form")], 64, min(seconds, 3)
+                    )
+                    ceiling = wrk_cpu(bench, ceiling_pid, ceiling_port, "ok", [("/", ping)], 64, seconds)
+                    proxy = wrk_cpu(bench, proxy_pid, proxy_port, "ok", [(path, ping)], 64, seconds)
+                    junk_run = wrk_cpu(bench, proxy_pid, proxy_port, "fault", junk, 64, seconds)
+                    direct = wrk(bench, sink_port, "accepted", [("/webmention", tmp / "webmention.form")], 1, seconds)
+                    single = wrk(bench, proxy_port, "ok", [(path, ping)], 1, seconds)
+                    rounds.append(
+                        {
+                            "sink_rate": sink_rate["rate"],
+                            "ceiling_rate": ceiling["rate"],
+                            "ceiling_cpu_us": ceiling["cpu_us"],
+                            "proxy_rate": proxy["rate"],
+                            "proxy_cpu_us": proxy["cpu_us"],
+                            "proxy_p99_ms": proxy["p99_us"] / 1000,
+                            "junk_rate": junk_run["rate"],
+                            "junk_cpu_us": junk_run["cpu_us"],
+                            "direct_p50_ms": direct["p50_us"] / 1000,
+                            "proxy_p50_ms": single["p50_us"] / 1000,
+                            "added_p50_ms": (single["p50_us"] - direct["p50_us"]) / 1000,
+                        }
+                    )
+                results["rounds"] = rounds
+                results["proxy_rss_mib"] = memory_mib(proxy_pid, "VmRSS")
+                results["proxy_hwm_mib"] = memory_mib(proxy_pid, "VmHWM")
+                results["ceiling_rss_mib"] = memory_mib(ceiling_pid, "VmRSS")
+
+        bursts: list[dict[str, float]] = []
+        with started(bench, "slow-sink", [*sink, str(slow_port), "--delay", "1"], bench.load_core, slow_port):
+            for i in range(args.rounds):
+                progress(f"burst {i + 1} of {args.rounds}: {args.burst} pings at once, receiver takes 1 s")
+                port = free_port()
+                with started(bench, "proxy-burst", procfile_command(port, args.app), bench.proxy_core, port) as pid:
+                    ping_once(port, path, PING_XML)  # a warm worker, as in production
+                    result = burst(bench, port, slow_path)
+                    result["peak_rss_mib"] = memory_mib(pid, "VmHWM")
+                    result["healthy_after"] = float(answers(port, path))
+                    bursts.append(result)
+        results["bursts"] = bursts
+
+        progress("cold starts")
+        results["cold_ms"] = [cold_start(bench, path) for _ in range(args.rounds)]
+    return results
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
+
+
+def report(bench: Bench, results: dict[str, object]) -> str:
+    rounds = results["rounds"]
+    bursts = results["bursts"]
+    cold = results["cold_ms"]
+    assert isinstance(rounds, list) and isinstance(bursts, list) and isinstance(cold, list)
+    m: Callable[[str], float] = lambda key: median(rounds, key)  # noqa: E731
+    b: Callable[[str], float] = lambda key: median(bursts, key)  # noqa: E731
+    ceiling = m("ceiling_rate")
+    throughput, junk = m("proxy_rate") / ceiling, m("junk_rate") / ceiling
+    burst_all = all(r["answered"] == bench.args.burst and not r["stuck"] and r["healthy_after"] for r in bursts)
+    rows = [
+        (
+            "sink, wrk c=64 (must be far above the proxy)",
+            f"{m('sink_rate'):,.0f}/s",
+            f"{m('sink_rate') / m('proxy_rate'):.1f}x proxy",
+            "",
+        ),
+        ("ceiling: bare Starlette, c=64", f"{ceiling:,.0f}/s", "1.00", ""),
+        ("ceiling CPU per request", f"{m('ceiling_cpu_us'):,.0f} µs", "", ""),
+        (
+            "proxy throughput, c=64",
+            f"{m('proxy_rate'):,.0f}/s",
+            f"{throughput:.3f}x ceiling",
+            f">= {GOAL_THROUGHPUT}x: {verdict(throughput >= GOAL_THROUGHPUT)}",
+        ),
+        (
+            "proxy CPU per ping",
+            f"{m('proxy_cpu_us'):,.0f} µs",
+            "",
+            f"<= {GOAL_CPU_US:.0f} µs: {verdict(m('proxy_cpu_us') <= GOAL_CPU_US)}",
+        ),
+        ("proxy p99 at c=64", f"{m('proxy_p99_ms'):.2f} ms", "", ""),
+        ("latency p50 at c=1, direct to sink", f"{m('direct_p50_ms'):.3f} ms", "", ""),
+        ("latency p50 at c=1, through proxy", f"{m('proxy_p50_ms'):.3f} ms", "", ""),
+        (
+            "added latency p50",
+            f"+{m('added_p50_ms'):.3f} ms",
+            "",
+            f"<= {GOAL_ADDED_P50_MS} ms: {verdict(m('added_p50_ms') <= GOAL_ADDED_P50_MS)}",
+        ),
+        (
+            f"burst: {bench.args.burst} pings, receiver takes 1 s",
+            f"{b('answered'):.0f} answered",
+            f"faults {b('fault'):.0f}, errors {b('error'):.0f}, stuck {b('stuck'):.0f}",
+            f"all answered in every run: {verdict(burst_all)}",
+        ),
+        (
+            "burst: proxy forwards a ping right after",
+            f"{sum(r['healthy_after'] for r in bursts):.0f} of {len(bursts)} runs",
+            "",
+            "",
+        ),
+        (
+            "burst: last answer",
+            f"{b('last_s'):.2f} s",
+            "",
+            f"<= {GOAL_BURST_LAST_S} s: {verdict(b('last_s') <= GOAL_BURST_LAST_S)}",
+        ),
+        (
+            "burst: peak RSS of the proxy",
+            f"{b('peak_rss_mib'):.1f} MiB",
+            "",
+            f"<= {GOAL_BURST_RSS_MIB:.0f} MiB: {verdict(b('peak_rss_mib') <= GOAL_BURST_RSS_MIB)}",
+        ),
+        (
+            "junk (malformed, refused, missing forward), c=64",
+            f"{m('junk_rate'):,.0f}/s",
+            f"{junk:.3f}x ceiling",
+            f">= {GOAL_JUNK}x: {verdict(junk >= GOAL_JUNK)}",
+        ),
+        ("junk CPU per request", f"{m('junk_cpu_us'):,.0f} µs", "", ""),
+        (
+            "cold start to first answered ping",
+            f"{statistics.median(cold):.0f} ms",
+            "",
+            f"<= {GOAL_COLD_MS:.0f} ms: {verdict(statistics.median(cold) <= GOAL_COLD_MS)}",
+        ),
+        (
+            "proxy RSS after the load (VmRSS / VmHWM)",
+            f"{results['proxy_rss_mib']:.1f} / {results['proxy_hwm_mib']:.1f} MiB",
+            f"ceiling {results['ceiling_rss_mib']:.1f} MiB",
+            "",
+        ),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    header = f"medians of {bench.args.rounds}, app {bench.args.app}, {bench.args.seconds:g} s per wrk run"
+    lines = [header, "-" * len(header)]
+    lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    return "\n".join(lines + [f"note: {note}" for note in bench.notes])
+
+
+def setup(args: argparse.Namespace, tmp: Path) -> Bench:
+    if shutil.which("wrk") is None:
+        sys.exit("bench: wrk is missing; install it with `sudo apt-get install wrk` (Debian/Ubuntu)")
+    cores = sorted(os.sched_getaffinity(0))
+    notes = []
+    proxy_core = load_core = None
+    if len(cores) >= 2 and shutil.which("taskset"):
+        proxy_core, load_core = cores[0], cores[1]
+        os.sched_setaffinity(0, {load_core})  # this script and its helpers share the load core
+        notes.append(f"pinned: proxy and ceiling on core {proxy_core}; wrk, sinks and burst client on core {load_core}")
+    else:
+        notes.append("NOT pinned (needs 2 cores and taskset): load generator and proxy share the CPU")
+    # 1,000 inbound plus 1,000 outbound sockets need more than the usual 1,024 descriptors.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 8192:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(8192, hard) if hard != resource.RLIM_INFINITY else 8192, hard))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PINGFORWARD_", "UVICORN_"))}
+    env["WEB_CONCURRENCY"] = "1"  # one worker, whatever the shell says
+    env["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}"  # the Procfile's `uvicorn` is ours
+    from pingforward.config import Settings
+
+    if "allow_private_networks" in Settings.__dataclass_fields__:
+        env["PINGFORWARD_ALLOW_PRIVATE_NETWORKS"] = "true"  # the sinks live on 127.0.0.1
+    else:
+        notes.append("Settings has no allow_private_networks yet: the proxy runs without an address policy")
+    return Bench(args, tmp, proxy_core, load_core, env, notes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per scenario; the table shows medians (default 3)")
+    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run (default 5)")
+    parser.add_argument("--burst", type=int, default=1000, help="pings in the slow-receiver burst (default 1000)")
+    parser.add_argument(
+        "--app", default=PROXY_APP, help=f"uvicorn factory to measure as the proxy (default {PROXY_APP})"
+    )
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pingforward-bench-") as tmp:
+        bench = setup(args, Path(tmp))
+        started_at = time.monotonic()
+        results = run(bench)
+    table = report(bench, results)
+    print(table)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps({"args": vars(args), "notes": bench.notes, **results}, indent=1))
+    (RESULTS / f"{stamp}.txt").write_text(table + "\n")
+    progress(f"done in {time.monotonic() - started_at:.0f} s; results in {RESULTS}/{stamp}.txt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
