@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 import httpx
 
 from pingforward.pingback import FaultCode, Ping, is_http_url
+from pingforward.policy import Refused
 
 MAX_FORWARD_URL: Final = 2048
 MAX_ANSWER: Final = 64 * 1024
@@ -128,6 +129,26 @@ def classify(ping: Ping, status: int, body: bytes, location: str | None = None) 
     return Outcome(f"HTTP {status} {described}".strip(), FaultCode.GENERIC, status)
 
 
+class HostLimiter:
+    """Counts pings in flight per forward host, so one flood cannot hold every connection."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active: dict[str, int] = {}
+
+    def acquire(self, host: str) -> bool:
+        count = self._active.get(host, 0)
+        if count >= self.limit:
+            return False
+        self._active[host] = count + 1
+        return True
+
+    def release(self, host: str) -> None:
+        count = self._active.pop(host) - 1
+        if count:
+            self._active[host] = count
+
+
 def _upstream(reason: str, status: int | None = None) -> Outcome:
     return Outcome(f"upstream: {reason}", FaultCode.UPSTREAM_ERROR, status)
 
@@ -145,6 +166,8 @@ async def forward(client: httpx.AsyncClient, ping: Ping, url: str, *, client_ip:
     try:
         async with asyncio.timeout(timeout):
             return await _post(client, url, body, headers, ping)
+    except Refused as exc:
+        return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
     except (TimeoutError, httpx.TimeoutException):
         return _upstream(f"no answer within {timeout:g} s")
     except httpx.ConnectError:
