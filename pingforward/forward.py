@@ -121,6 +121,8 @@ def classify(ping: Ping, status: int, body: bytes, location: str | None = None) 
     described = f"{name}: {detail}" if name and detail else name or detail
     if name in ERROR_NAMES:
         return Outcome(described, ERROR_NAMES[name], status)
+    if 200 <= status < 300:
+        return Outcome(described, FaultCode.GENERIC, status)
     if status in (401, 403):
         return Outcome(f"HTTP {status} {described}".strip(), FaultCode.ACCESS_DENIED, status)
     if status == 429 or status >= 500 or 300 <= status < 400:
