@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -9,15 +10,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from pingforward.config import Settings
-from pingforward.forward import ForwardError, Outcome, forward, parse_forward
+from pingforward.forward import ForwardError, HostLimiter, Outcome, forward, parse_forward
 from pingforward.pingback import (
     LIST_METHODS,
     METHODS,
@@ -29,15 +32,21 @@ from pingforward.pingback import (
     render_fault,
     render_response,
 )
-from pingforward.transport import make_client
+from pingforward.transport import VIA, make_client
 
 logger = logging.getLogger(__name__)
 
 XML = "text/xml; charset=utf-8"
 
 
+# Real pingback bodies are under 1 KiB and arrive at once; a body still dripping in after this
+# long is an attack on the worker, not a ping.
+MAX_BODY_SECONDS = 5.0
+
+
 class State(TypedDict):
     client: httpx.AsyncClient
+    limiter: HostLimiter
 
 
 def _fault(code: FaultCode, message: str | None = None) -> Response:
@@ -68,11 +77,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with make_client(settings) as client:
-            yield {"client": client}
+            yield {"client": client, "limiter": HostLimiter(settings.max_per_host)}
 
     async def xmlrpc(request: Request) -> Response:
         try:
             return await _xmlrpc(request, settings)
+        except HTTPException:  # 413 from the body limit: a transport-level answer
+            raise
         except Exception:  # a bug of ours; the sender still gets a well-formed fault
             logger.exception("internal error")
             return _fault(FaultCode.INTERNAL_ERROR)
@@ -94,8 +105,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 async def _xmlrpc(request: Request, settings: Settings) -> Response:
+    if VIA in request.headers.get("via", ""):
+        # Our own forward came back to us: a forward URL naming this proxy under another name.
+        return PlainTextResponse("Loop Detected", status_code=508)
     try:
-        call = parse_call(await request.body())
+        async with asyncio.timeout(min(settings.timeout, MAX_BODY_SECONDS)):
+            body = await request.body()
+    except TimeoutError:
+        return PlainTextResponse("Request Timeout", status_code=408)
+    try:
+        call = parse_call(body)
         if call.method == LIST_METHODS:
             return Response(render_response(METHODS), media_type=XML)
         if call.method != PINGBACK_PING:
@@ -108,13 +127,37 @@ async def _xmlrpc(request: Request, settings: Settings) -> Response:
         return _fault(fault.code, fault.message)
 
     started = time.perf_counter()
-    client: httpx.AsyncClient = request.state.client
     client_ip = request.client.host if request.client else ""
-    outcome = await forward(client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout)
+    forward_host = urlsplit(forward_url).hostname or ""
+    limiter: HostLimiter = request.state.limiter
+    if _points_at_us(forward_url, request):
+        outcome = Outcome("forward refused: the forward URL points at this proxy", FaultCode.ACCESS_DENIED)
+    elif not limiter.acquire(forward_host):
+        outcome = Outcome(
+            f"upstream: too many pings in flight to {forward_host}; retry later", FaultCode.UPSTREAM_ERROR
+        )
+    else:
+        try:
+            outcome = await forward(
+                request.state.client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout
+            )
+        finally:
+            limiter.release(forward_host)
     _log_ping(request, forward_url, ping.source, ping.target, outcome, (time.perf_counter() - started) * 1000)
     if outcome.fault is None:
         return Response(render_response(outcome.text), media_type=XML)
     return _fault(outcome.fault, outcome.text)
+
+
+def _points_at_us(url: str, request: Request) -> bool:
+    target = urlsplit(url)
+    return (target.hostname, target.port or _PORTS[target.scheme]) == (
+        request.url.hostname,
+        request.url.port or _PORTS.get(request.url.scheme, 80),
+    )
+
+
+_PORTS = {"http": 80, "https": 443}
 
 
 def _configure_logging() -> None:
