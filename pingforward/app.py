@@ -27,11 +27,13 @@ from pingforward.pingback import (
     PINGBACK_PING,
     Fault,
     FaultCode,
+    Ping,
     parse_call,
     ping_from_params,
     render_fault,
     render_response,
 )
+from pingforward.policy import Refused
 from pingforward.transport import VIA, make_client
 
 logger = logging.getLogger(__name__)
@@ -127,26 +129,31 @@ async def _xmlrpc(request: Request, settings: Settings) -> Response:
         return _fault(fault.code, fault.message)
 
     started = time.perf_counter()
-    client_ip = request.client.host if request.client else ""
-    forward_host = urlsplit(forward_url).hostname or ""
-    limiter: HostLimiter = request.state.limiter
-    if _points_at_us(forward_url, request):
-        outcome = Outcome("forward refused: the forward URL points at this proxy", FaultCode.ACCESS_DENIED)
-    elif not limiter.acquire(forward_host):
-        outcome = Outcome(
-            f"upstream: too many pings in flight to {forward_host}; retry later", FaultCode.UPSTREAM_ERROR
-        )
+    try:
+        # Checked here before anything is sent, and again by the client on every hop and connection.
+        settings.policy.check_url(forward_url)
+        if _points_at_us(forward_url, request):
+            raise Refused("the forward URL points at this proxy")
+    except Refused as exc:
+        outcome = Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
     else:
-        try:
-            outcome = await forward(
-                request.state.client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout
-            )
-        finally:
-            limiter.release(forward_host)
+        outcome = await _forward(request, settings, ping, forward_url)
     _log_ping(request, forward_url, ping.source, ping.target, outcome, (time.perf_counter() - started) * 1000)
     if outcome.fault is None:
         return Response(render_response(outcome.text), media_type=XML)
     return _fault(outcome.fault, outcome.text)
+
+
+async def _forward(request: Request, settings: Settings, ping: Ping, forward_url: str) -> Outcome:
+    forward_host = urlsplit(forward_url).hostname or ""
+    limiter: HostLimiter = request.state.limiter
+    if not limiter.acquire(forward_host):
+        return Outcome(f"upstream: too many pings in flight to {forward_host}; retry later", FaultCode.UPSTREAM_ERROR)
+    try:
+        client_ip = request.client.host if request.client else ""
+        return await forward(request.state.client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout)
+    finally:
+        limiter.release(forward_host)
 
 
 def _points_at_us(url: str, request: Request) -> bool:

@@ -43,6 +43,12 @@ def read(response: httpx.Response) -> str | tuple[int, str]:
     return str(value)
 
 
+def fault(response: httpx.Response) -> tuple[int, str]:
+    answer = read(response)
+    assert isinstance(answer, tuple), answer
+    return answer
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("path", ["/", "/webmention"])
 @pytest.mark.parametrize("content_type", ["text/xml", "application/xml", "application/octet-stream", None])
@@ -85,7 +91,7 @@ async def test_receiver_errors_reach_the_client_as_fault_codes(
     client: httpx.AsyncClient, respx_mock: respx.MockRouter, status: int, json: dict[str, str], expected: FaultCode
 ) -> None:
     respx_mock.post(ENDPOINT).respond(status, json=json)
-    code, _ = read(await client.post("/" + FORWARD, content=ping_body()))
+    code, _ = fault(await client.post("/" + FORWARD, content=ping_body()))
     assert code == expected
 
 
@@ -117,7 +123,7 @@ async def test_bad_requests_get_faults_and_nothing_is_sent(
 @pytest.mark.anyio
 async def test_unknown_method_is_named(client: httpx.AsyncClient) -> None:
     body = xmlrpc.client.dumps((SOURCE, TARGET), "weblogUpdates.ping").encode()
-    code, message = read(await client.post("/" + FORWARD, content=body))
+    code, message = fault(await client.post("/" + FORWARD, content=body))
     assert code == FaultCode.METHOD_NOT_FOUND and "weblogUpdates.ping" in message
 
 
@@ -183,7 +189,7 @@ async def test_per_host_cap(client: httpx.AsyncClient, respx_mock: respx.MockRou
     respx_mock.post(ENDPOINT).mock(side_effect=slow)
     first = asyncio.create_task(client.post("/" + FORWARD, content=ping_body()))
     await asyncio.wait_for(entered.wait(), 5)
-    code, message = read(await client.post("/" + FORWARD, content=ping_body()))
+    code, message = fault(await client.post("/" + FORWARD, content=ping_body()))
     assert code == FaultCode.UPSTREAM_ERROR and "retry later" in message
     release.set()
     assert isinstance(read(await first), str)
@@ -198,7 +204,7 @@ async def test_internal_error_is_a_fault_without_details(
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(app_module, "forward", broken)
-    code, message = read(await client.post("/" + FORWARD, content=ping_body()))
+    code, message = fault(await client.post("/" + FORWARD, content=ping_body()))
     assert code == FaultCode.INTERNAL_ERROR and "secret" not in message
     assert "secret internal detail" in caplog.text  # the operator still sees it
 
