@@ -443,10 +443,16 @@ def setup(args: argparse.Namespace, tmp: Path) -> Bench:
     env["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}"  # the Procfile's `uvicorn` is ours
     from pingforward.config import Settings
 
-    if "allow_private_networks" in Settings.__dataclass_fields__:
-        env["PINGFORWARD_ALLOW_PRIVATE_NETWORKS"] = "true"  # the sinks live on 127.0.0.1
-    else:
-        notes.append("Settings has no allow_private_networks yet: the proxy runs without an address policy")
+    # The sinks live on 127.0.0.1 at random ports, and every ping goes to that one host.
+    opened = {
+        "allow_private_networks": "true",
+        "allowed_ports": "*",
+        "max_per_host": str(max(args.burst, 64)),
+    }
+    for name, value in opened.items():
+        if name in Settings.__dataclass_fields__:
+            env[f"PINGFORWARD_{name.upper()}"] = value
+    notes.append("proxy env: " + " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("PINGFORWARD_")))
     return Bench(args, tmp, proxy_core, load_core, env, notes)
 
 

@@ -3,7 +3,8 @@
 Every request's URL is checked against the `Policy` before it is sent (so every redirect hop is
 checked too), and every new connection resolves the host once, checks every address, and
 connects to a checked address; TLS still verifies the real host name. A second DNS lookup that
-an attacker could answer differently (DNS rebinding) never happens.
+an attacker could answer differently (DNS rebinding) never happens. The connections themselves
+are carried by pool.py (bench/README.md has the numbers behind that choice).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+from functools import partial
 
-import httpcore
 import httpx
 
 from pingforward import PROJECT_URL, __version__
 from pingforward.config import Settings
 from pingforward.policy import Policy
+from pingforward.pool import Pool
 
 USER_AGENT = f"pingforward/{__version__} (+{PROJECT_URL})"
 # RFC 9110 §7.6.3: gateways add Via. app.py refuses requests that carry it, so a forward URL
@@ -26,61 +27,33 @@ USER_AGENT = f"pingforward/{__version__} (+{PROJECT_URL})"
 VIA = "1.1 pingforward"
 
 
-class _PolicyBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, policy: Policy) -> None:
-        self._policy = policy
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+async def resolve(policy: Policy, host: str, port: int) -> list[str]:
+    """The addresses `host` stands for, each checked by the policy; `Refused` if any is refused."""
+    try:
+        addresses = [str(ipaddress.ip_address(host))]  # a literal needs no lookup
+    except ValueError:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:  # socket.gaierror: no such host
-            raise httpcore.ConnectError(f"cannot resolve {host}") from exc
+            raise httpx.ConnectError(f"cannot resolve {host}") from exc
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        for address in addresses:  # all of them: refuse a name with any non-global answer
-            self._policy.check_address(ipaddress.ip_address(address.split("%")[0]))
-        error: httpcore.ConnectError | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
-            except httpcore.ConnectError as exc:
-                error = exc
-        raise error or httpcore.ConnectError(f"no address for {host}")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class PolicyTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport, with its connection pool dialling through the policy."""
-
-    def __init__(self, policy: Policy, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
-        self._policy = policy
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_PolicyBackend(policy),
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._policy.check_url(str(request.url))
-        return await super().handle_async_request(request)
+    for address in addresses:  # all of them: refuse a name with any non-global answer
+        policy.check_address(ipaddress.ip_address(address.split("%")[0]))
+    return addresses
 
 
 def make_client(settings: Settings) -> httpx.AsyncClient:
     """An AsyncClient that enforces the policy, never follows redirects by itself and ignores proxy settings."""
+    policy = settings.policy
+
+    async def check_url(request: httpx.Request) -> None:
+        policy.check_url(str(request.url))
+
     return httpx.AsyncClient(
-        transport=PolicyTransport(settings.policy, httpx.Limits(max_connections=200, max_keepalive_connections=50)),
+        transport=Pool(partial(resolve, policy)),
+        # An event hook runs for every request the client sends, above the transport (and above
+        # respx, which the tests put in the transport's place).
+        event_hooks={"request": [check_url]},
         # No proxies or .netrc from the environment: we POST to URLs that strangers name.
         trust_env=False,
         follow_redirects=False,

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import respx
+import respx.mocks
 from asgi_lifespan import LifespanManager
 
 from pingforward.app import create_app
@@ -21,6 +24,40 @@ def load(name: str) -> bytes:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class PoolMocker(respx.mocks.AbstractRequestMocker):
+    """Lets respx answer in place of pingforward.pool.Pool, as it does for httpcore's pool by default.
+
+    The client's own layers (URL policy hook, redirects, headers) still run; only the sockets are mocked.
+    """
+
+    name = "pingforward-pool"
+    targets = ["pingforward.pool.Pool"]
+    target_methods = ["handle_async_request"]
+
+    @classmethod
+    def to_httpx_request(cls, **kwargs: Any) -> httpx.Request:
+        request: httpx.Request = kwargs["request"]
+        return request
+
+    @classmethod
+    async def from_async_httpx_response(
+        cls, httpx_response: httpx.Response, target: Any, **kwargs: Any
+    ) -> httpx.Response:
+        # A fresh response over the same stream: respx has read the one it hands over.
+        return httpx.Response(
+            httpx_response.status_code,
+            headers=httpx_response.headers.raw,
+            stream=httpx_response.stream,
+            extensions=httpx_response.extensions,
+        )
+
+
+@pytest.fixture
+def respx_mock() -> Iterator[respx.MockRouter]:
+    with respx.mock(using=PoolMocker.name) as mock:
+        yield mock
 
 
 @pytest.fixture

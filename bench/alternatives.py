@@ -1,0 +1,128 @@
+"""Other ways to carry pingforward's outbound connections, kept so that bench/README.md's numbers can be re-run.
+
+Each factory builds the real app with a different transport under the same httpx.AsyncClient, and
+every one dials through `pingforward.transport.resolve`, so the address policy costs the same:
+
+    .venv/bin/python bench/run.py --app alternatives:stock             # httpx's own pool (httpcore 1.0)
+    .venv/bin/python bench/run.py --app alternatives:stock_wide        # the same, 1,000 connections
+    /other/venv/bin/python bench/run.py --app alternatives:aiohttp_transport  # needs httpx-aiohttp
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+import httpcore
+import httpx
+from starlette.applications import Starlette
+
+import pingforward.app
+from pingforward.config import Settings
+from pingforward.transport import USER_AGENT, VIA, resolve
+
+
+def _app_with(transport: Callable[[Settings], httpx.AsyncBaseTransport]) -> Starlette:
+    def make_client(settings: Settings) -> httpx.AsyncClient:
+        policy = settings.policy
+
+        async def check_url(request: httpx.Request) -> None:
+            policy.check_url(str(request.url))
+
+        return httpx.AsyncClient(
+            transport=transport(settings),
+            event_hooks={"request": [check_url]},
+            trust_env=False,
+            follow_redirects=False,
+            timeout=settings.timeout,
+            headers={"User-Agent": USER_AGENT, "Via": VIA},
+        )
+
+    pingforward.app.make_client = make_client  # type: ignore[assignment]  # the lifespan looks it up per start
+    return pingforward.app.create_app()
+
+
+class _PolicyBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, dialling the addresses `resolve` checked (main's design before pool.py)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._resolve = partial(resolve, settings.policy)
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        error: Exception = httpcore.ConnectError(f"no address for {host}")
+        for address in await self._resolve(host, port):
+            try:
+                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                error = exc
+        raise error
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _httpcore_transport(limits: httpx.Limits, settings: Settings) -> httpx.AsyncBaseTransport:
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_PolicyBackend(settings),
+    )
+    return transport
+
+
+def stock() -> Starlette:
+    """httpx's default transport (httpcore's pool) with main's limits before pool.py."""
+    return _app_with(partial(_httpcore_transport, httpx.Limits(max_connections=200, max_keepalive_connections=50)))
+
+
+def stock_wide() -> Starlette:
+    """httpcore's pool with room for the 1,000-ping burst."""
+    return _app_with(partial(_httpcore_transport, httpx.Limits(max_connections=1000, max_keepalive_connections=100)))
+
+
+def aiohttp_transport() -> Starlette:
+    """httpx-aiohttp's transport: aiohttp's connector under httpx, resolving through the policy."""
+    import aiohttp as aio
+    from httpx_aiohttp import AiohttpTransport
+
+    class PolicyResolver(aio.abc.AbstractResolver):
+        def __init__(self, settings: Settings) -> None:
+            self._resolve = partial(resolve, settings.policy)
+
+        async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, Any]]:
+            return [
+                {
+                    "hostname": host,
+                    "host": address,
+                    "port": port,
+                    "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+                    "proto": 0,
+                    "flags": 0,
+                }
+                for address in await self._resolve(host, port)
+            ]
+
+        async def close(self) -> None:
+            pass
+
+    def transport(settings: Settings) -> httpx.AsyncBaseTransport:
+        def session() -> aio.ClientSession:
+            connector = aio.TCPConnector(limit=1000, limit_per_host=0, resolver=PolicyResolver(settings))
+            return aio.ClientSession(connector=connector)
+
+        return AiohttpTransport(client=session)
+
+    return _app_with(transport)

@@ -1,0 +1,365 @@
+"""A lean HTTP/1.1 connection pool under httpx: the transport of the one outbound AsyncClient.
+
+httpcore's pool walks every open connection on every request (encode/httpx#3215), which made it the
+largest cost of a forwarded ping (bench/README.md). This pool keeps the idle connections of each
+origin on a stack, parses answers with httptools (uvicorn's parser), and dials only the addresses
+that its `resolve` callback returns; that callback is where the address policy checks them.
+HTTP/1.1 only (RFC 9112), one request at a time per connection, no proxies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Final
+
+import httptools
+import httpx
+
+Origin = tuple[str, str, int]  # scheme, host, port: TLS verified for a host is only reused for that host
+Resolve = Callable[[str, int], Awaitable[Sequence[str]]]  # (host, port) -> addresses to try, in order
+
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+MAX_HEAD: Final = 64 * 1024  # status line and header fields of one answer
+HIGH_WATER: Final = 256 * 1024  # unread body bytes held before the socket stops being read
+# RFC 9110 §9.2.2: a request with one of these methods may be sent again when its connection fails.
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+class _Connection(asyncio.Protocol):
+    """One connection: asyncio feeds it bytes, httptools calls its `on_*` methods back."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[None] | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.busy = self.paused = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.head_size = self.field_size = 0
+        self.head_done = self.complete = self.keep_alive = self.received = False
+        self.head_only = False
+        self.error: httpx.TransportError | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and self.error is None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy or self.complete:
+            # Bytes nobody asked for (RFC 9112 §9.3): the connection is out of step, never reuse it.
+            self._fail(httpx.RemoteProtocolError("unexpected data from the server"))
+            return
+        self.received = True
+        if not self.head_done:
+            self.head_size += len(data)
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(httpx.RemoteProtocolError(f"malformed answer: {exc}"))
+            return
+        # While the head is incomplete every byte was head; once it is, its fields tell its size.
+        if (self.field_size if self.head_done else self.head_size) > MAX_HEAD:
+            self._fail(httpx.RemoteProtocolError(f"answer head longer than {MAX_HEAD} bytes"))
+            return
+        if self.buffered > HIGH_WATER and self.transport is not None and not self.paused:
+            self.transport.pause_reading()
+            self.paused = True
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.busy and not self.complete and self.error is None:
+            if self.head_done and not self._framed():
+                # RFC 9112 §6.3 ¶8: without Content-Length or chunked coding, the close ends the body.
+                self.complete = True
+            elif exc is not None:
+                self.error = httpx.ReadError(str(exc) or type(exc).__name__)
+            else:
+                self.error = httpx.RemoteProtocolError("server disconnected without a complete answer")
+        self._wake()
+
+    # --- httptools callbacks ---
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request
+            self._fail(httpx.RemoteProtocolError("unexpected data from the server"))
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.field_size += len(name) + len(value)
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # RFC 9110 §15.2: interim answers precede the final one
+            self.headers, self.reason = [], b""
+            return
+        self.status, self.head_done = status, True
+        if self.head_only:  # RFC 9110 §9.3.2: an answer to HEAD has no content, whatever it says
+            self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.head_done and not self.head_only:
+            self.complete = True
+            self.keep_alive = self.parser.should_keep_alive()
+
+    # --- used by Pool and _Body ---
+
+    def _framed(self) -> bool:
+        return any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self.error is None:
+            self.error = error
+        self.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self, timeout: float | None) -> None:
+        """Until bytes, the end of the answer, or an error arrive; httpx.ReadTimeout after `timeout`."""
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.waiter
+        except TimeoutError:
+            self._fail(httpx.ReadTimeout(f"no answer within {timeout} s"))
+            raise httpx.ReadTimeout(f"no answer within {timeout} s") from None
+        finally:
+            self.waiter = None
+
+    async def send(self, message: bytes, timeout: float | None, head_only: bool) -> None:
+        """Send one request and wait for the head of its answer."""
+        assert self.transport is not None and not self.busy
+        self.reset()
+        self.busy, self.head_only = True, head_only
+        self.transport.write(message)
+        try:
+            while not self.head_done and self.error is None:
+                await self.wait(timeout)
+        finally:
+            if not self.head_done:
+                self.close()
+        if not self.head_done:
+            assert self.error is not None
+            raise self.error
+
+    def take_body(self) -> bytes:
+        data = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.chunks.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None:
+            self.transport.resume_reading()
+            self.paused = False
+        return data
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, pool: Pool, connection: _Connection, timeout: float | None) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._timeout = timeout
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        connection = self._connection
+        while True:
+            if connection.chunks:
+                yield connection.take_body()
+            elif connection.complete:
+                return
+            elif connection.error is not None:
+                raise connection.error
+            else:
+                await connection.wait(self._timeout)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool._release(self._connection)
+
+
+class Pool(httpx.AsyncBaseTransport):
+    """httpx transport: HTTP/1.1 keep-alive connections, dialled to the addresses `resolve` returns.
+
+    Args:
+        resolve: (host, port) -> the addresses to try in order; it may raise to refuse the host.
+        max_connections: requests in flight at once; more wait up to the pool timeout.
+        max_idle: kept-alive connections over all origins; more are closed after their answer.
+        keepalive_expiry: seconds an idle connection is kept.
+        ssl_context: for https; by default httpx's (certifi), made on the first https connection.
+    """
+
+    def __init__(
+        self,
+        resolve: Resolve,
+        *,
+        max_connections: int = 1000,
+        max_idle: int = 100,
+        keepalive_expiry: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._resolve = resolve
+        self._slots = asyncio.Semaphore(max_connections)
+        self._max_idle = max_idle
+        self._expiry = keepalive_expiry
+        self._ssl_context = ssl_context
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle_count = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme not in DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"cannot send to {url.scheme!r} URLs")
+        origin = (url.scheme, url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS[url.scheme])
+        timeout = request.extensions.get("timeout", {})
+        message = _message(request, await request.aread())
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(timeout.get("pool")):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no free connection within the pool timeout") from None
+        else:
+            await self._slots.acquire()
+        connection = None
+        try:
+            connection = await self._exchange(origin, message, timeout, request.method)
+        finally:
+            if connection is None:
+                self._slots.release()
+        return httpx.Response(
+            connection.status,
+            headers=connection.headers,
+            stream=_Body(self, connection, timeout.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
+        )
+
+    async def _exchange(
+        self, origin: Origin, message: bytes, timeout: dict[str, float | None], method: str
+    ) -> _Connection:
+        connection = self._take_idle(origin)
+        if connection is not None:
+            try:
+                await connection.send(message, timeout.get("read"), method == "HEAD")
+                return connection
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # The server closed a kept-alive connection as we reused it: nothing was answered,
+                # so an idempotent request goes out once more, on a new connection.
+                if connection.received or method not in IDEMPOTENT:
+                    raise
+        connection = await self._connect(origin, timeout.get("connect"))
+        await connection.send(message, timeout.get("read"), method == "HEAD")
+        return connection
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        tls = self._tls() if scheme == "https" else None
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await self._resolve(host, port)
+                error: OSError = OSError(f"no address for {host}")
+                for address in addresses:
+                    try:
+                        _, connection = await loop.create_connection(
+                            lambda: _Connection(origin), address, port, ssl=tls, server_hostname=host if tls else None
+                        )
+                        return connection
+                    except OSError as exc:  # includes ssl.SSLError: a failed handshake or certificate
+                        error = exc
+                raise error
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"no connection to {host} within {timeout} s") from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        stack = self._idle.get(origin)
+        while stack:
+            connection = stack.pop()
+            self._idle_count -= 1
+            if connection.idle_timer is not None:
+                connection.idle_timer.cancel()
+            if connection.usable:
+                return connection
+        self._idle.pop(origin, None)
+        return None
+
+    def _release(self, connection: _Connection) -> None:
+        self._slots.release()
+        connection.busy = False
+        reusable = connection.complete and connection.keep_alive and connection.usable
+        if not reusable or self._idle_count >= self._max_idle:
+            connection.close()
+            return
+        connection.take_body()  # what the reader left unread; this also resumes reading
+        self._idle.setdefault(connection.origin, []).append(connection)
+        self._idle_count += 1
+        connection.idle_timer = asyncio.get_running_loop().call_later(self._expiry, self._expire, connection)
+
+    def _expire(self, connection: _Connection) -> None:
+        stack = self._idle.get(connection.origin, [])
+        if connection in stack:
+            stack.remove(connection)
+            self._idle_count -= 1
+            if not stack:
+                del self._idle[connection.origin]
+        connection.close()
+
+    async def aclose(self) -> None:
+        for stack in self._idle.values():
+            for connection in stack:
+                if connection.idle_timer is not None:
+                    connection.idle_timer.cancel()
+                connection.close()
+        self._idle.clear()
+        self._idle_count = 0
+
+
+def _message(request: httpx.Request, body: bytes) -> bytes:
+    """The request as bytes (RFC 9112 §3); a streamed body is sent as one chunk (§7.1)."""
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    chunked = False
+    for name, value in request.headers.raw:
+        lines.append(b"%s: %s" % (name, value))
+        chunked = chunked or (name.lower() == b"transfer-encoding" and value.lower() == b"chunked")
+    head = b"\r\n".join(lines)
+    # RFC 9110 §5.5: a CR, LF or NUL inside a field value would split or end the head.
+    if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1 or b"\0" in head:
+        raise httpx.LocalProtocolError("a header field contains CR, LF or NUL")
+    if chunked:
+        body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    return head + b"\r\n\r\n" + body

@@ -1,0 +1,284 @@
+"""pingforward.pool against real servers on 127.0.0.1, on asyncio's loop and on uvloop (which production runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import trustme
+
+from pingforward.policy import Policy, Refused
+from pingforward.pool import MAX_HEAD, Pool
+from pingforward.transport import resolve
+
+pytestmark = pytest.mark.anyio
+
+OK = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok"
+HANG = b""  # an answer that never comes
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    return "asyncio", {"use_uvloop": request.param == "uvloop"}
+
+
+@dataclass
+class Server:
+    """Answers the n-th request with answers[n] (raw bytes) and counts connections."""
+
+    answers: list[bytes]
+    close_after: set[int] = field(default_factory=set)  # request numbers after which the server closes
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.requests.append(head + await reader.readexactly(length))
+                number = len(self.requests) - 1
+                answer = self.answers[number] if number < len(self.answers) else OK
+                if answer == HANG:
+                    await asyncio.sleep(10)  # bounded; the tests' timeouts are far shorter
+                writer.write(answer)
+                await writer.drain()
+                if number in self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def serving(server: Server, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=tls)
+    server.port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        yield server
+        listener.close()
+
+
+async def loopback(host: str, port: int) -> Sequence[str]:
+    return ["127.0.0.1"]
+
+
+def client(pool: Pool, timeout: float = 2.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=pool, timeout=timeout)
+
+
+async def post(http: httpx.AsyncClient, server: Server, path: str = "/wm") -> httpx.Response:
+    return await http.post(f"http://127.0.0.1:{server.port}{path}", content=b"source=a&target=b")
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async with serving(Server([OK, OK, OK])) as server, client(Pool(loopback)) as http:
+        for _ in range(3):
+            response = await post(http, server)
+            assert (response.status_code, response.content) == (202, b"ok")
+        assert server.connections == 1
+        assert server.requests[0].startswith(b"POST /wm HTTP/1.1\r\n")
+        assert server.requests[0].endswith(b"\r\n\r\nsource=a&target=b")
+
+
+async def test_connection_close_answer_is_not_reused() -> None:
+    close = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
+    async with serving(Server([close, OK], close_after={0})) as server, client(Pool(loopback)) as http:
+        assert (await post(http, server)).content == b"hi"
+        assert (await post(http, server)).content == b"ok"
+        assert server.connections == 2
+
+
+async def test_server_closing_an_idle_connection_is_noticed() -> None:
+    async with serving(Server([OK, OK], close_after={0})) as server, client(Pool(loopback)) as http:
+        await post(http, server)
+        await asyncio.sleep(0.05)  # the server's FIN arrives while the connection is idle
+        assert (await post(http, server)).status_code == 202
+        assert server.connections == 2
+
+
+async def test_idle_connections_expire() -> None:
+    async with serving(Server([OK, OK])) as server, client(Pool(loopback, keepalive_expiry=0.05)) as http:
+        await post(http, server)
+        await asyncio.sleep(0.15)
+        await post(http, server)
+        assert server.connections == 2
+
+
+async def test_chunked_answer_is_decoded_and_the_connection_reused() -> None:
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    async with serving(Server([chunked, OK])) as server, client(Pool(loopback)) as http:
+        assert (await post(http, server)).content == b"hello world"
+        assert (await post(http, server)).content == b"ok"
+        assert server.connections == 1
+
+
+async def test_body_ended_by_close() -> None:
+    # RFC 9112 §6.3: no Content-Length and no chunked coding, so the body runs to the close.
+    answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 100_000
+    async with serving(Server([answer], close_after={0})) as server, client(Pool(loopback)) as http:
+        assert (await post(http, server)).content == b"x" * 100_000
+
+
+async def test_big_answer_read_in_part_closes_the_connection() -> None:
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 10_000_000
+    async with serving(Server([big, OK])) as server, client(Pool(loopback)) as http:
+        async with http.stream("POST", f"http://127.0.0.1:{server.port}/") as response:
+            async for chunk in response.aiter_raw():
+                assert chunk
+                break  # what forward() does past MAX_ANSWER
+        assert (await post(http, server)).content == b"ok"
+        assert server.connections == 2
+
+
+async def test_interim_answer_is_skipped() -> None:
+    answer = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK
+    async with serving(Server([answer, OK])) as server, client(Pool(loopback)) as http:
+        response = await post(http, server)
+        assert (response.status_code, response.content, "link" in response.headers) == (202, b"ok", False)
+        assert (await post(http, server)).content == b"ok"
+
+
+async def test_head_answer_has_no_body() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+    async with serving(Server([answer, OK])) as server, client(Pool(loopback)) as http:
+        response = await http.head(f"http://127.0.0.1:{server.port}/")
+        assert (response.status_code, response.content, response.headers["content-length"]) == (200, b"", "1234")
+        assert (await post(http, server)).content == b"ok"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD + b"\r\n\r\n",
+    ],
+    ids=["not-http", "two-lengths", "head-too-long"],
+)
+async def test_malformed_answers_are_protocol_errors(answer: bytes) -> None:
+    async with serving(Server([answer])) as server, client(Pool(loopback)) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(http, server)
+
+
+async def test_truncated_answer_is_a_protocol_error() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"
+    async with serving(Server([answer], close_after={0})) as server, client(Pool(loopback)) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(http, server)
+
+
+async def test_data_after_the_answer_spoils_the_connection() -> None:
+    async with serving(Server([OK + b"HTTP/1.1 200 OK\r\n\r\n", OK])) as server, client(Pool(loopback)) as http:
+        assert (await post(http, server)).content == b"ok"
+        assert (await post(http, server)).content == b"ok"
+        assert server.connections == 2
+
+
+async def test_read_timeout() -> None:
+    async with serving(Server([HANG])) as server, client(Pool(loopback), timeout=0.1) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await post(http, server)
+
+
+async def test_connect_timeout_covers_resolving() -> None:
+    async def slow(host: str, port: int) -> Sequence[str]:
+        await asyncio.sleep(1)
+        return ["127.0.0.1"]
+
+    async with client(Pool(slow), timeout=0.1) as http:
+        with pytest.raises(httpx.ConnectTimeout):
+            await http.get("http://slow.test:9/")
+
+
+async def test_connection_refused() -> None:
+    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()
+    async with client(Pool(loopback)) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_pool_timeout_and_slots_come_back_after_cancellation() -> None:
+    async with serving(Server([HANG, OK])) as server, client(Pool(loopback, max_connections=1), timeout=5) as http:
+        hanging = asyncio.ensure_future(post(http, server))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await http.post(f"http://127.0.0.1:{server.port}/", timeout=httpx.Timeout(5, pool=0.05))
+        hanging.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hanging
+        assert (await post(http, server)).content == b"ok"
+
+
+async def test_policy_refusal_comes_before_any_connection() -> None:
+    async with serving(Server([OK])) as server, client(Pool(lambda h, p: resolve(Policy(), h, p))) as http:
+        with pytest.raises(Refused, match="loopback"):
+            await post(http, server)
+        assert server.connections == 0
+
+
+async def test_header_injection_is_refused() -> None:
+    async with serving(Server([OK])) as server, client(Pool(loopback)) as http:
+        with pytest.raises(httpx.LocalProtocolError):
+            await http.post(f"http://127.0.0.1:{server.port}/", headers={"X-A": "1\r\nX-Injected: 1"})
+        assert server.requests == []
+
+
+async def test_close_closes_idle_connections() -> None:
+    server = Server([OK])
+    async with serving(server):
+        pool = Pool(loopback)
+        async with client(pool) as http:
+            await post(http, server)
+        await asyncio.sleep(0.05)
+        assert server.connections == 1 and pool._idle == {}
+
+
+# --- TLS: the connection goes to the checked address, the certificate must name the URL's host ---
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_pair(ca: trustme.CA, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(server)
+    client_side = ssl.create_default_context()
+    ca.configure_trust(client_side)
+    return server, client_side
+
+
+async def test_tls_verifies_the_host_name_not_the_address(ca: trustme.CA) -> None:
+    server_tls, client_tls = tls_pair(ca, "receiver.test")
+    async with serving(Server([OK, OK]), server_tls) as server:
+        async with client(Pool(loopback, ssl_context=client_tls)) as http:
+            for _ in range(2):
+                response = await http.post(f"https://receiver.test:{server.port}/wm", content=b"x")
+                assert response.content == b"ok"
+            assert server.connections == 1
+            assert b"\r\nHost: receiver.test:" in server.requests[0]
+
+
+async def test_tls_with_a_certificate_for_another_name_fails(ca: trustme.CA) -> None:
+    server_tls, client_tls = tls_pair(ca, "other.test")
+    async with serving(Server([OK]), server_tls) as server:
+        async with client(Pool(loopback, ssl_context=client_tls)) as http:
+            with pytest.raises(httpx.ConnectError, match="(?i)certificate"):
+                await http.post(f"https://receiver.test:{server.port}/wm", content=b"x")
