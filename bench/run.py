@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,7 @@ class Bench:
     load_core: int | None
     env: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    load_averages: list[str] = field(default_factory=list)  # a busy machine makes every number worse
 
     def pinned(self, command: Sequence[str], core: int | None) -> list[str]:
         return ["taskset", "-c", str(core), *command] if core is not None else list(command)
@@ -81,7 +82,7 @@ def free_port() -> int:
         return port
 
 
-def procfile_command(port: int, app: str) -> list[str]:
+def procfile_command(port: int, app: str, extra: Sequence[str] = ()) -> list[str]:
     """The Procfile's `web:` command for `app` on 127.0.0.1:`port` (it binds 0.0.0.0 in production)."""
     line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
     command = shlex.split(line.removeprefix("web:").replace("$PORT", str(port)))
@@ -94,7 +95,7 @@ def procfile_command(port: int, app: str) -> list[str]:
             command[i : i + 1] = ["--app-dir", str(BENCH), app]
     if "127.0.0.1" not in " ".join(command):
         sys.exit("bench: the Procfile's web command has no --host to point at 127.0.0.1")
-    return command
+    return [*command, *extra]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -202,7 +203,7 @@ def cold_start(bench: Bench, path: str) -> float:
     log = open(RESULTS / "proxy-cold.log", "wb")  # noqa: SIM115
     started_at = time.perf_counter()
     process = subprocess.Popen(
-        bench.pinned(procfile_command(port, bench.args.app), bench.proxy_core),
+        bench.pinned(procfile_command(port, bench.args.app, bench.args.uvicorn), bench.proxy_core),
         cwd=ROOT,
         env=bench.env,
         stdout=log,
@@ -248,79 +249,101 @@ def median(rounds: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rounds)
 
 
+SCENARIOS = ("load", "burst", "cold")
+
+
 def run(bench: Bench) -> dict[str, object]:
     args = bench.args
     tmp = bench.tmp
     for name, body in (("ping.xml", PING_XML), ("webmention.form", WEBMENTION_FORM), ("malformed.xml", MALFORMED_XML)):
         (tmp / name).write_bytes(body)
-    ping = tmp / "ping.xml"
-    sink_port, slow_port, ceiling_port, proxy_port = (free_port() for _ in range(4))
+    sink_port, slow_port = free_port(), free_port()
     path = "/?forward=" + quote(f"http://127.0.0.1:{sink_port}/webmention", safe="")
     slow_path = "/?forward=" + quote(f"http://127.0.0.1:{slow_port}/webmention", safe="")
-    junk = [("/", tmp / "malformed.xml"), ("/?forward=ftp%3A%2F%2Fx", ping), ("/", ping)]
-    seconds = args.seconds
     sink = [PYTHON, str(BENCH / "sink.py"), "--port"]
     results: dict[str, object] = {}
-
     with started(bench, "sink", [*sink, str(sink_port)], bench.load_core, sink_port):
-        with started(
-            bench, "ceiling", procfile_command(ceiling_port, CEILING_APP), bench.proxy_core, ceiling_port
-        ) as ceiling_pid:
-            with started(
-                bench, "proxy", procfile_command(proxy_port, args.app), bench.proxy_core, proxy_port
-            ) as proxy_pid:
-                if not ping_once(proxy_port, path, PING_XML):
-                    sys.exit(f"bench: the proxy does not forward a ping to the sink; see {RESULTS}/proxy.log")
-                progress("warming up")
-                wrk(bench, ceiling_port, "ok", [("/", ping)], 64, 2)
-                wrk(bench, proxy_port, "ok", [(path, ping)], 64, 2)
-                rounds: list[dict[str, float]] = []
-                for i in range(args.rounds):
-                    progress(f"round {i + 1} of {args.rounds}: sink, ceiling, proxy, junk, latency")
-                    sink_rate = wrk(
-                        bench, sink_port, "accepted", [("/webmention", tmp / "webmention.form")], 64, min(seconds, 3)
-                    )
-                    ceiling = wrk_cpu(bench, ceiling_pid, ceiling_port, "ok", [("/", ping)], 64, seconds)
-                    proxy = wrk_cpu(bench, proxy_pid, proxy_port, "ok", [(path, ping)], 64, seconds)
-                    junk_run = wrk_cpu(bench, proxy_pid, proxy_port, "fault", junk, 64, seconds)
-                    direct = wrk(bench, sink_port, "accepted", [("/webmention", tmp / "webmention.form")], 1, seconds)
-                    single = wrk(bench, proxy_port, "ok", [(path, ping)], 1, seconds)
-                    rounds.append(
-                        {
-                            "sink_rate": sink_rate["rate"],
-                            "ceiling_rate": ceiling["rate"],
-                            "ceiling_cpu_us": ceiling["cpu_us"],
-                            "proxy_rate": proxy["rate"],
-                            "proxy_cpu_us": proxy["cpu_us"],
-                            "proxy_p99_ms": proxy["p99_us"] / 1000,
-                            "junk_rate": junk_run["rate"],
-                            "junk_cpu_us": junk_run["cpu_us"],
-                            "direct_p50_ms": direct["p50_us"] / 1000,
-                            "proxy_p50_ms": single["p50_us"] / 1000,
-                            "added_p50_ms": (single["p50_us"] - direct["p50_us"]) / 1000,
-                        }
-                    )
-                results["rounds"] = rounds
-                results["proxy_rss_mib"] = memory_mib(proxy_pid, "VmRSS")
-                results["proxy_hwm_mib"] = memory_mib(proxy_pid, "VmHWM")
-                results["ceiling_rss_mib"] = memory_mib(ceiling_pid, "VmRSS")
-
-        bursts: list[dict[str, float]] = []
-        with started(bench, "slow-sink", [*sink, str(slow_port), "--delay", "1"], bench.load_core, slow_port):
-            for i in range(args.rounds):
-                progress(f"burst {i + 1} of {args.rounds}: {args.burst} pings at once, receiver takes 1 s")
-                port = free_port()
-                with started(bench, "proxy-burst", procfile_command(port, args.app), bench.proxy_core, port) as pid:
-                    ping_once(port, path, PING_XML)  # a warm worker, as in production
-                    result = burst(bench, port, slow_path)
-                    result["peak_rss_mib"] = memory_mib(pid, "VmHWM")
-                    result["healthy_after"] = float(answers(port, path))
-                    bursts.append(result)
-        results["bursts"] = bursts
-
-        progress("cold starts")
-        results["cold_ms"] = [cold_start(bench, path) for _ in range(args.rounds)]
+        if "load" in args.only:
+            results.update(load(bench, sink_port, path))
+        if "burst" in args.only:
+            with started(bench, "slow-sink", [*sink, str(slow_port), "--delay", "1"], bench.load_core, slow_port):
+                results["bursts"] = [burst_round(bench, i, path, slow_path) for i in range(args.rounds)]
+        if "cold" in args.only:
+            progress("cold starts")
+            results["cold_ms"] = [cold_start(bench, path) for _ in range(args.rounds)]
     return results
+
+
+def load(bench: Bench, sink_port: int, path: str) -> dict[str, object]:
+    """Throughput, CPU, junk and latency rounds; ceiling and proxy take turns, so drift hits both."""
+    args, tmp = bench.args, bench.tmp
+    ping, form = tmp / "ping.xml", tmp / "webmention.form"
+    junk = [("/", tmp / "malformed.xml"), ("/?forward=ftp%3A%2F%2Fx", ping), ("/", ping)]
+    seconds = args.seconds
+    ceiling_port, proxy_port = free_port(), free_port()
+    with (
+        started(
+            bench,
+            "ceiling",
+            procfile_command(ceiling_port, CEILING_APP, bench.args.uvicorn),
+            bench.proxy_core,
+            ceiling_port,
+        ) as cpid,
+        started(
+            bench, "proxy", procfile_command(proxy_port, args.app, bench.args.uvicorn), bench.proxy_core, proxy_port
+        ) as ppid,
+    ):
+        if not ping_once(proxy_port, path, PING_XML):
+            sys.exit(f"bench: the proxy does not forward a ping to the sink; see {RESULTS}/proxy.log")
+        progress("warming up")
+        wrk(bench, ceiling_port, "ok", [("/", ping)], 64, 2)
+        wrk(bench, proxy_port, "ok", [(path, ping)], 64, 2)
+        rounds: list[dict[str, float]] = []
+        for i in range(args.rounds):
+            progress(f"round {i + 1} of {args.rounds}: sink, ceiling, proxy, junk, latency")
+            sink_rate = wrk(bench, sink_port, "accepted", [("/webmention", form)], 64, min(seconds, 3))
+            ceiling = wrk_cpu(bench, cpid, ceiling_port, "ok", [("/", ping)], 64, seconds)
+            proxy = wrk_cpu(bench, ppid, proxy_port, "ok", [(path, ping)], 64, seconds)
+            junk_run = wrk_cpu(bench, ppid, proxy_port, "fault", junk, 64, seconds)
+            direct = wrk(bench, sink_port, "accepted", [("/webmention", form)], 1, seconds)
+            single = wrk(bench, proxy_port, "ok", [(path, ping)], 1, seconds)
+            rounds.append(
+                {
+                    "sink_rate": sink_rate["rate"],
+                    "ceiling_rate": ceiling["rate"],
+                    "ceiling_cpu_us": ceiling["cpu_us"],
+                    "proxy_rate": proxy["rate"],
+                    "proxy_ratio": proxy["rate"] / ceiling["rate"],
+                    "proxy_cpu_us": proxy["cpu_us"],
+                    "proxy_p99_ms": proxy["p99_us"] / 1000,
+                    "junk_rate": junk_run["rate"],
+                    "junk_ratio": junk_run["rate"] / ceiling["rate"],
+                    "junk_cpu_us": junk_run["cpu_us"],
+                    "direct_p50_ms": direct["p50_us"] / 1000,
+                    "proxy_p50_ms": single["p50_us"] / 1000,
+                    "added_p50_ms": (single["p50_us"] - direct["p50_us"]) / 1000,
+                }
+            )
+        return {
+            "rounds": rounds,
+            "proxy_rss_mib": memory_mib(ppid, "VmRSS"),
+            "proxy_hwm_mib": memory_mib(ppid, "VmHWM"),
+            "ceiling_rss_mib": memory_mib(cpid, "VmRSS"),
+        }
+
+
+def burst_round(bench: Bench, i: int, path: str, slow_path: str) -> dict[str, float]:
+    """One burst against a freshly started proxy that has forwarded one ping (a warm worker)."""
+    progress(f"burst {i + 1} of {bench.args.rounds}: {bench.args.burst} pings at once, receiver takes 1 s")
+    port = free_port()
+    with started(
+        bench, "proxy-burst", procfile_command(port, bench.args.app, bench.args.uvicorn), bench.proxy_core, port
+    ) as pid:
+        ping_once(port, path, PING_XML)
+        result = burst(bench, port, slow_path)
+        result["peak_rss_mib"] = memory_mib(pid, "VmHWM")
+        result["healthy_after"] = float(answers(port, path))
+        return result
 
 
 def progress(message: str) -> None:
@@ -331,24 +354,22 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT MET"
 
 
-def report(bench: Bench, results: dict[str, object]) -> str:
-    rounds = results["rounds"]
-    bursts = results["bursts"]
-    cold = results["cold_ms"]
-    assert isinstance(rounds, list) and isinstance(bursts, list) and isinstance(cold, list)
-    m: Callable[[str], float] = lambda key: median(rounds, key)  # noqa: E731
-    b: Callable[[str], float] = lambda key: median(bursts, key)  # noqa: E731
-    ceiling = m("ceiling_rate")
-    throughput, junk = m("proxy_rate") / ceiling, m("junk_rate") / ceiling
-    burst_all = all(r["answered"] == bench.args.burst and not r["stuck"] and r["healthy_after"] for r in bursts)
-    rows = [
+Row = tuple[str, str, str, str]
+
+
+def load_rows(rounds: list[dict[str, float]], results: dict[str, object]) -> list[Row]:
+    def m(key: str) -> float:
+        return median(rounds, key)
+
+    throughput, junk = m("proxy_ratio"), m("junk_ratio")
+    return [
         (
             "sink, wrk c=64 (must be far above the proxy)",
             f"{m('sink_rate'):,.0f}/s",
             f"{m('sink_rate') / m('proxy_rate'):.1f}x proxy",
             "",
         ),
-        ("ceiling: bare Starlette, c=64", f"{ceiling:,.0f}/s", "1.00", ""),
+        ("ceiling: bare Starlette, c=64", f"{m('ceiling_rate'):,.0f}/s", "1.00", ""),
         ("ceiling CPU per request", f"{m('ceiling_cpu_us'):,.0f} µs", "", ""),
         (
             "proxy throughput, c=64",
@@ -372,10 +393,32 @@ def report(bench: Bench, results: dict[str, object]) -> str:
             f"<= {GOAL_ADDED_P50_MS} ms: {verdict(m('added_p50_ms') <= GOAL_ADDED_P50_MS)}",
         ),
         (
-            f"burst: {bench.args.burst} pings, receiver takes 1 s",
+            "junk (malformed, refused, missing forward), c=64",
+            f"{m('junk_rate'):,.0f}/s",
+            f"{junk:.3f}x ceiling",
+            f">= {GOAL_JUNK}x: {verdict(junk >= GOAL_JUNK)}",
+        ),
+        ("junk CPU per request", f"{m('junk_cpu_us'):,.0f} µs", "", ""),
+        (
+            "proxy RSS after the load (VmRSS / VmHWM)",
+            f"{results['proxy_rss_mib']:.1f} / {results['proxy_hwm_mib']:.1f} MiB",
+            f"ceiling {results['ceiling_rss_mib']:.1f} MiB",
+            "",
+        ),
+    ]
+
+
+def burst_rows(bursts: list[dict[str, float]], count: int) -> list[Row]:
+    def b(key: str) -> float:
+        return median(bursts, key)
+
+    every = all(r["answered"] == count and not r["stuck"] and r["healthy_after"] for r in bursts)
+    return [
+        (
+            f"burst: {count} pings, receiver takes 1 s",
             f"{b('answered'):.0f} answered",
             f"faults {b('fault'):.0f}, errors {b('error'):.0f}, stuck {b('stuck'):.0f}",
-            f"all answered in every run: {verdict(burst_all)}",
+            f"all answered in every run: {verdict(every)}",
         ),
         (
             "burst: proxy forwards a ping right after",
@@ -395,31 +438,33 @@ def report(bench: Bench, results: dict[str, object]) -> str:
             "",
             f"<= {GOAL_BURST_RSS_MIB:.0f} MiB: {verdict(b('peak_rss_mib') <= GOAL_BURST_RSS_MIB)}",
         ),
-        (
-            "junk (malformed, refused, missing forward), c=64",
-            f"{m('junk_rate'):,.0f}/s",
-            f"{junk:.3f}x ceiling",
-            f">= {GOAL_JUNK}x: {verdict(junk >= GOAL_JUNK)}",
-        ),
-        ("junk CPU per request", f"{m('junk_cpu_us'):,.0f} µs", "", ""),
-        (
-            "cold start to first answered ping",
-            f"{statistics.median(cold):.0f} ms",
-            "",
-            f"<= {GOAL_COLD_MS:.0f} ms: {verdict(statistics.median(cold) <= GOAL_COLD_MS)}",
-        ),
-        (
-            "proxy RSS after the load (VmRSS / VmHWM)",
-            f"{results['proxy_rss_mib']:.1f} / {results['proxy_hwm_mib']:.1f} MiB",
-            f"ceiling {results['ceiling_rss_mib']:.1f} MiB",
-            "",
-        ),
     ]
+
+
+def report(bench: Bench, results: dict[str, object]) -> str:
+    rows: list[Row] = []
+    rounds, bursts, cold = results.get("rounds"), results.get("bursts"), results.get("cold_ms")
+    if isinstance(rounds, list):
+        rows += load_rows(rounds, results)
+    if isinstance(bursts, list):
+        rows += burst_rows(bursts, bench.args.burst)
+    if isinstance(cold, list):
+        ms = statistics.median(cold)
+        rows.append(
+            (
+                "cold start to first answered ping",
+                f"{ms:.0f} ms",
+                "",
+                f"<= {GOAL_COLD_MS:.0f} ms: {verdict(ms <= GOAL_COLD_MS)}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    header = f"medians of {bench.args.rounds}, app {bench.args.app}, {bench.args.seconds:g} s per wrk run"
+    header = f"app {bench.args.app}: medians of {bench.args.rounds} rounds of {bench.args.seconds} s"
+    header += " (a ratio is the median of the rounds' ratios)"
     lines = [header, "-" * len(header)]
     lines += ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
-    return "\n".join(lines + [f"note: {note}" for note in bench.notes])
+    load = "load average before/after: " + " / ".join(bench.load_averages)
+    return "\n".join(lines + [f"note: {note}" for note in [*bench.notes, load]])
 
 
 def setup(args: argparse.Namespace, tmp: Path) -> Bench:
@@ -462,14 +507,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run (default 5)")
     parser.add_argument("--burst", type=int, default=1000, help="pings in the slow-receiver burst (default 1000)")
     parser.add_argument(
+        "--uvicorn", type=shlex.split, default=[], help="more uvicorn options for ceiling and proxy, e.g. '--http h11'"
+    )
+    parser.add_argument(
+        "--only", action="append", choices=SCENARIOS, help="run only this scenario (repeatable; default all)"
+    )
+    parser.add_argument(
         "--app", default=PROXY_APP, help=f"uvicorn factory to measure as the proxy (default {PROXY_APP})"
     )
     args = parser.parse_args(argv)
+    args.only = args.only or list(SCENARIOS)
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pingforward-bench-") as tmp:
         bench = setup(args, Path(tmp))
         started_at = time.monotonic()
+        bench.load_averages.append(f"{os.getloadavg()[0]:.2f}")
         results = run(bench)
+        bench.load_averages.append(f"{os.getloadavg()[0]:.2f}")
     table = report(bench, results)
     print(table)
     stamp = time.strftime("%Y%m%d-%H%M%S")

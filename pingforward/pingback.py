@@ -136,9 +136,12 @@ def parse_call(body: bytes) -> Call:
     return Call(method.strip(), params)
 
 
+_SPACE_OR_CONTROL: Final = re.compile("[\x00-\x20\x7f]")
+
+
 def is_http_url(url: str) -> bool:
     """True for an absolute http(s) URL with a host and no whitespace or control characters."""
-    if not url or any(ch <= " " or ch == "\x7f" for ch in url):
+    if not url or _SPACE_OR_CONTROL.search(url):
         return False
     try:
         parts = urlsplit(url)

@@ -35,7 +35,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
         self.busy = self.paused = False
         self.reset()
 
@@ -145,15 +145,18 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self, timeout: float | None) -> None:
         """Until bytes, the end of the answer, or an error arrive; httpx.ReadTimeout after `timeout`."""
-        self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, self._time_out, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                await self.waiter
-        except TimeoutError:
-            self._fail(httpx.ReadTimeout(f"no answer within {timeout} s"))
-            raise httpx.ReadTimeout(f"no answer within {timeout} s") from None
+            await self.waiter
         finally:
             self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _time_out(self, timeout: float) -> None:
+        self._fail(httpx.ReadTimeout(f"no answer within {timeout} s"))
 
     async def send(self, message: bytes, timeout: float | None, head_only: bool) -> None:
         """Send one request and wait for the head of its answer."""
@@ -233,6 +236,7 @@ class Pool(httpx.AsyncBaseTransport):
         self._ssl_context = ssl_context
         self._idle: dict[Origin, list[_Connection]] = {}
         self._idle_count = 0
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -311,10 +315,9 @@ class Pool(httpx.AsyncBaseTransport):
         while stack:
             connection = stack.pop()
             self._idle_count -= 1
-            if connection.idle_timer is not None:
-                connection.idle_timer.cancel()
-            if connection.usable:
+            if connection.usable and self._loop_time() - connection.idle_since < self._expiry:
                 return connection
+            connection.close()
         self._idle.pop(origin, None)
         return None
 
@@ -326,24 +329,38 @@ class Pool(httpx.AsyncBaseTransport):
             connection.close()
             return
         connection.take_body()  # what the reader left unread; this also resumes reading
+        connection.idle_since = self._loop_time()
         self._idle.setdefault(connection.origin, []).append(connection)
         self._idle_count += 1
-        connection.idle_timer = asyncio.get_running_loop().call_later(self._expiry, self._expire, connection)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._expiry, self._sweep)
 
-    def _expire(self, connection: _Connection) -> None:
-        stack = self._idle.get(connection.origin, [])
-        if connection in stack:
-            stack.remove(connection)
-            self._idle_count -= 1
-            if not stack:
-                del self._idle[connection.origin]
-        connection.close()
+    def _sweep(self) -> None:
+        """Close what has been idle for `keepalive_expiry`; one timer for the pool, not one per answer."""
+        self._sweeper = None
+        now = self._loop_time()
+        for origin, stack in list(self._idle.items()):
+            keep = [c for c in stack if c.usable and now - c.idle_since < self._expiry]
+            for connection in stack:
+                if connection not in keep:
+                    connection.close()
+            self._idle_count -= len(stack) - len(keep)
+            if keep:
+                self._idle[origin] = keep
+            else:
+                del self._idle[origin]
+        if self._idle:
+            self._sweeper = asyncio.get_running_loop().call_later(self._expiry / 2, self._sweep)
+
+    def _loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
 
     async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for stack in self._idle.values():
             for connection in stack:
-                if connection.idle_timer is not None:
-                    connection.idle_timer.cancel()
                 connection.close()
         self._idle.clear()
         self._idle_count = 0

@@ -1,4 +1,4 @@
-"""Profile the proxy under wrk load with py-spy: `.venv/bin/python bench/profile.py [ping|junk|burst]`.
+"""Profile the proxy under wrk load with py-spy: `.venv/bin/python bench/spy.py [ping|junk|burst]`.
 
 Needs `pip install py-spy` in the venv. Writes bench/results/profile-<scenario>.txt (collapsed stacks,
 for flamegraph tools or speedscope) and prints the functions with the largest inclusive and own
