@@ -12,9 +12,10 @@ import httpx
 import pytest
 import trustme
 
+from pingforward.config import Settings
 from pingforward.policy import Policy, Refused
 from pingforward.pool import MAX_HEAD, Pool
-from pingforward.transport import resolve
+from pingforward.transport import make_client, resolve
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +35,7 @@ class Server:
     answers: list[bytes]
     close_after: set[int] = field(default_factory=set)  # request numbers after which the server closes
     connections: int = 0
+    closed: int = 0  # connections the client closed or the server ended
     requests: list[bytes] = field(default_factory=list)
     port: int = 0
 
@@ -58,6 +60,7 @@ class Server:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.closed += 1
             writer.close()
 
 
@@ -112,6 +115,7 @@ async def test_idle_connections_expire() -> None:
     async with serving(Server([OK, OK])) as server, client(Pool(loopback, keepalive_expiry=0.05)) as http:
         await post(http, server)
         await asyncio.sleep(0.15)
+        assert server.closed == 1  # closed by the pool's sweeper, unasked
         await post(http, server)
         assert server.connections == 2
 
@@ -282,3 +286,24 @@ async def test_tls_with_a_certificate_for_another_name_fails(ca: trustme.CA) -> 
         async with client(Pool(loopback, ssl_context=client_tls)) as http:
             with pytest.raises(httpx.ConnectError, match="(?i)certificate"):
                 await http.post(f"https://receiver.test:{server.port}/wm", content=b"x")
+
+
+# --- make_client: the pool as the proxy uses it ---
+
+
+async def test_client_keeps_no_cookies() -> None:
+    # One client serves every blog: a receiver's cookie must not come back on the next ping.
+    answer = b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\nContent-Length: 2\r\n\r\nok"
+    settings = Settings(allow_private_networks=True, allowed_ports=None)
+    async with serving(Server([answer, OK])) as server, make_client(settings) as http:
+        await post(http, server)
+        await post(http, server)
+        assert b"cookie" not in server.requests[1].lower()
+        assert server.connections == 1
+
+
+async def test_client_checks_every_url_before_connecting() -> None:
+    async with serving(Server([OK])) as server, make_client(Settings(allow_private_networks=True)) as http:
+        with pytest.raises(Refused, match="port"):
+            await post(http, server)  # a random port is outside the default allowed ports
+        assert server.connections == 0
