@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import TypedDict
+from urllib.parse import parse_qs
 
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pingforward.config import Settings
@@ -29,11 +32,14 @@ from pingforward.pingback import (
     render_fault,
     render_response,
 )
+from pingforward.send import Limits, SendError, Status, send
 from pingforward.transport import make_client
 
 logger = logging.getLogger(__name__)
 
 XML = "text/xml; charset=utf-8"
+# POST /send answers within one request; PaaS routers cut requests off at 30 s.
+SEND_LIMITS = Limits(target_timeout=10.0, deadline=25.0)
 
 
 class State(TypedDict):
@@ -80,14 +86,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    app = Starlette(
-        routes=[
-            Route("/", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
-            Route("/webmention", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
-            Route("/healthz", healthz, methods=["GET", "HEAD"]),
-        ],
-        lifespan=lifespan,
-    )
+    routes = [
+        Route("/", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
+        Route("/webmention", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+    ]
+    if settings.send_token:  # an open sender would be an amplifier: no token, no route (404)
+        token = settings.send_token
+
+        async def send_route(request: Request) -> Response:
+            return await _send(request, token)
+
+        routes.append(Route("/send", send_route, methods=["POST"], max_body_size=settings.max_body))
+    app = Starlette(routes=routes, lifespan=lifespan)
     # Never answer with a redirect: webmention.io's GET redirect to `forward` was an open redirect.
     app.router.redirect_slashes = False
     return app
@@ -115,6 +126,35 @@ async def _xmlrpc(request: Request, settings: Settings) -> Response:
     if outcome.fault is None:
         return Response(render_response(outcome.text), media_type=XML)
     return _fault(outcome.fault, outcome.text)
+
+
+def _authorized(request: Request, token: str) -> bool:
+    # RFC 6750 §2.1: "Authorization: Bearer <token>"; the scheme name is case-insensitive (RFC 9110 §11.1).
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    given = credentials.strip().encode() if scheme.lower() == "bearer" else b""
+    return hmac.compare_digest(given, token.encode())
+
+
+async def _send(request: Request, token: str) -> Response:
+    if not _authorized(request, token):
+        return JSONResponse({"error": "unauthorized"}, 401, headers={"WWW-Authenticate": 'Bearer realm="pingforward"'})
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    sources = form.get("source", [])
+    if len(sources) != 1:
+        return JSONResponse({"error": "send exactly one form field 'source'"}, 400)
+    flags = {name for name, values in form.items() if values[0].lower() in ("1", "true", "on", "yes")}
+    try:
+        report = await send(
+            request.state.client,
+            sources[0].strip(),
+            all_links="all_links" in flags,
+            dry_run="dry_run" in flags,
+            limits=SEND_LIMITS,
+        )
+    except SendError as exc:
+        body = {"source": sources[0], "status": exc.status, "error": exc.detail}
+        return JSONResponse(body, 502 if exc.status == Status.ERROR else 422)
+    return JSONResponse({"source": report.source, "ok": report.ok, "results": [asdict(r) for r in report.results]})
 
 
 def _configure_logging() -> None:

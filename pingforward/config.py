@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 PREFIX: Final = "PINGFORWARD_"
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_MAX_BODY: Final = 65536
+MIN_SEND_TOKEN: Final = 16
 T = TypeVar("T")
 
 
@@ -20,6 +21,7 @@ class ConfigError(ValueError):
 class Settings:
     timeout: float = DEFAULT_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
+    send_token: str | None = field(default=None, repr=False)  # POST /send is off without it
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -47,4 +49,14 @@ class Settings:
             max_body=read(
                 "max_body", int, DEFAULT_MAX_BODY, lambda v: 1024 <= v <= 10_000_000, "must be bytes, 1024 to 10000000"
             ),
+            send_token=_send_token(environ),
         )
+
+
+def _send_token(environ: Mapping[str, str]) -> str | None:
+    # Checked apart from read(): a secret must not be echoed into an error message or a log.
+    key = PREFIX + "SEND_TOKEN"
+    token = environ.get(key, "").strip()
+    if token and (len(token) < MIN_SEND_TOKEN or any(char.isspace() for char in token)):
+        raise ConfigError(f"{key}: must be at least {MIN_SEND_TOKEN} characters without spaces (value not shown)")
+    return token or None  # unset or empty: POST /send is off
