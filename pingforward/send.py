@@ -209,7 +209,11 @@ async def fetch_source(
         raise SendError(Status.FAILED, f"the source is {media_type(page.headers)}, not HTML")
     if len(page.body) >= limits.max_bytes:
         logger.warning("source %r is larger than %d bytes; links after that are not seen", url, limits.max_bytes)
-    targets = extract_links(page.url, page.headers, page.body, all_links=all_links, aliases=(url,))
+    # Parsing up to max_bytes takes CPU time (about a second per MB); a worker thread keeps the
+    # event loop, and the other requests of a server, moving meanwhile.
+    targets = await asyncio.to_thread(
+        extract_links, page.url, page.headers, page.body, all_links=all_links, aliases=(url,)
+    )
     return Source(url, page.url, targets)
 
 
@@ -325,7 +329,7 @@ async def _notify(
     try:
         # One GET, kept for both protocols: webmention.rocks test 23 serves its page only once.
         page = await _fetch(client, hosts, target, limits, Status.SKIPPED)
-        endpoint = discover(page.url, page.headers, page.body)
+        endpoint = await asyncio.to_thread(discover, page.url, page.headers, page.body)
         if endpoint is None:
             if _transient(page.status):
                 return Result(target, Status.ERROR, f"the target answered {page.status}", http_status=page.status)

@@ -10,20 +10,21 @@ and https://microformats.org/wiki/h-entry (which part of a page is the post).
 # - Link header: httpx's parser is private (`httpx._models._parse_header_links`), compares no
 #   tokens, loses every parameter after a value-less one or a quoted "=", and `Response.links`
 #   keys by the whole rel string with the last duplicate winning (fails rocks test 10).
-# - HTML: the stdlib `html.parser` tokenizes like a browser for what matters here (comments,
-#   <script>/<style> raw text, attribute entities), and one pass collects everything we need.
-#   mf2py would add requests, html5lib and BeautifulSoup for the sake of two class names, and its
-#   `rels` turns a missing href into the page URL (fails rocks test 20).
+# - HTML: pages come from strangers, so the scan must be linear in their size. Python 3.11's
+#   html.parser is not (see the tokenizer below), nor is lexbor/selectolax on deep nesting, and
+#   BeautifulSoup sits on one of those. mf2py adds requests, html5lib and BeautifulSoup for the
+#   sake of two class names, and its `rels` turns a missing href into the page URL (rocks 20).
 # - No surveyed discovery library passes all 23 webmention.rocks tests in a reusable async form.
 
 from __future__ import annotations
 
 import codecs
+import html
+import html.entities
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from html.parser import HTMLParser
 from typing import Final
 from urllib.parse import urldefrag, urljoin
 
@@ -65,8 +66,8 @@ def header_values(headers: Headers, name: str) -> list[str]:
     """Every field named `name` (case-insensitively, rocks test 7), in order, one entry per field."""
     name = name.lower()
     if isinstance(headers, Mapping):
-        # httpx.Headers and starlette's Headers are mappings that join repeated fields with ", ";
-        # their multi_items() keeps the fields apart.
+        # httpx.Headers.items() joins repeated fields with ", " (two X-Pingback fields would
+        # become one bogus URL); its multi_items() keeps the fields apart.
         multi_items = getattr(headers, "multi_items", None)
         if multi_items is None:
             return [
@@ -209,16 +210,139 @@ def decode(headers: Headers, body: bytes | str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTML: one pass collects every <a>/<link> with its rel and href, and where it sits in the page
+# HTML: a tokenizer that finds start and end tags, and one pass that places every <a href>
+#
+# Not html.parser: on Python 3.11 it re-scans the rest of the page from every "<" that does not
+# complete a tag or comment, so "<a " repeated 13,000 times takes 28 s and a hostile 1 MB target
+# page would stall the event loop for hours; it also expands "&region=" in an href to "®ion=".
+# Nor a tree builder: lexbor (selectolax) needs minutes for 200,000 nested <div>s. This tokenizer
+# follows HTML §13.2.5 where it matters here: comments, bogus comments, raw text and escapable
+# raw text are skipped, and a construct still open at the end of the input runs to the end of
+# the input (an EOF parse error), so scanning stops there and every character is looked at once.
 
-
-# HTML §13.1.2: void elements have no end tag, so they never enclose anything.
-_VOID: Final = frozenset(
-    "area base br col embed hr img input keygen link meta param source track wbr".split(),
+# Elements whose content is text, not markup (HTML §13.1.2: raw text and escapable raw text
+# elements; <noscript> as a browser with scripting sees it). After <plaintext>, all is text.
+_TEXT_ONLY: Final = frozenset(
+    {"script", "style", "xmp", "iframe", "noembed", "noframes", "noscript", "title", "textarea"}
 )
-# Elements whose content is text, not markup (HTML §13.1.2.6, raw text and escapable raw text).
-# html.parser itself knows only <script> and <style> (before Python 3.14), so the rest are skipped here.
-_TEXT_ONLY: Final = frozenset({"title", "textarea", "xmp", "iframe", "noembed", "noframes"})
+_TEXT_END: Final = {name: re.compile(f"</{name}[\t\n\f\r />]", re.IGNORECASE) for name in _TEXT_ONLY}
+# HTML §13.1.2: void elements have no end tag, so they never enclose anything.
+_VOID: Final = frozenset("area base br col embed hr img input keygen link meta param source track wbr".split())
+_TAG_NAME: Final = re.compile(r"[A-Za-z][^\t\n\f\r />]*")
+_ATTRIBUTE_GAP: Final = re.compile(r"[\t\n\f\r /]*")
+_ATTRIBUTE_NAME: Final = re.compile(r"[^\t\n\f\r />][^\t\n\f\r /=>]*")
+_ATTRIBUTE_EQUALS: Final = re.compile(r"[\t\n\f\r ]*=[\t\n\f\r ]*")
+_UNQUOTED_VALUE: Final = re.compile(r"[^\t\n\f\r >]*")
+_COMMENT_END: Final = re.compile("--!?>")
+_CHARACTER_REFERENCE: Final = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[A-Za-z][A-Za-z0-9]*;?)")
+
+Attributes = dict[str, str]
+Token = tuple[bool, str, Attributes]  # (is a start tag, lower-case name, attributes)
+
+
+def _unescape_attribute(value: str) -> str:
+    """Expand character references in an attribute value the way HTML §13.2.5.72-80 does."""
+
+    def expand(match: re.Match[str]) -> str:
+        reference = match[1]
+        if reference.startswith("#"):
+            return html.unescape(match[0])  # numeric: the spec's replacements are built in
+        if reference.endswith(";") and reference in html.entities.html5:
+            return html.entities.html5[reference]
+        # A legacy name without ";" (&copy, &not, &reg...) is left alone in an attribute when an
+        # "=" or an alphanumeric follows (§13.2.5.73), so "?a=1&region=2" keeps its "&region".
+        if (
+            not reference.endswith(";")
+            and reference in html.entities.html5
+            and value[match.end() : match.end() + 1] != "="
+        ):
+            return html.entities.html5[reference]
+        return match[0]
+
+    return _CHARACTER_REFERENCE.sub(expand, value) if "&" in value else value
+
+
+def _end(pattern: re.Pattern[str], text: str, pos: int) -> int:
+    """Where a pattern that also matches "" stops matching from `pos`."""
+    match = pattern.match(text, pos)
+    assert match is not None
+    return match.end()
+
+
+def _attributes(text: str, pos: int) -> tuple[Attributes, int] | None:
+    """The attributes of a start tag from `pos` and the position after its ">"; None at EOF."""
+    attributes: Attributes = {}
+    while True:
+        pos = _end(_ATTRIBUTE_GAP, text, pos)
+        if pos >= len(text):
+            return None
+        if text[pos] == ">":
+            return attributes, pos + 1
+        name_match = _ATTRIBUTE_NAME.match(text, pos)
+        assert name_match is not None  # text[pos] is none of the gap characters nor ">"
+        pos, value = name_match.end(), ""
+        if equals := _ATTRIBUTE_EQUALS.match(text, pos):
+            pos = equals.end()
+            if pos >= len(text):
+                return None
+            if text[pos] in "\"'":
+                end = text.find(text[pos], pos + 1)
+                if end == -1:
+                    return None
+                value, pos = text[pos + 1 : end], end + 1
+            else:
+                end = _end(_UNQUOTED_VALUE, text, pos)
+                value, pos = text[pos:end], end
+        # §13.2.5.33: a repeated attribute is a parse error and the first one counts.
+        attributes.setdefault(_ascii_lower(name_match[0]), _unescape_attribute(value))
+
+
+def _html_tokens(text: str) -> Iterator[Token]:
+    """Start and end tags in document order; everything else is skipped."""
+    pos = 0
+    while (lt := text.find("<", pos)) != -1:
+        after = text[lt + 1 : lt + 2]
+        if after.isascii() and after.isalpha():  # §13.2.5.6 tag open state
+            name_match = _TAG_NAME.match(text, lt + 1)
+            assert name_match is not None
+            name = _ascii_lower(name_match[0])
+            parsed = _attributes(text, name_match.end())
+            if parsed is None:
+                return
+            attributes, pos = parsed
+            yield True, name, attributes
+            if name == "plaintext":
+                return
+            if name in _TEXT_ONLY:
+                end = _TEXT_END[name].search(text, pos)
+                if end is None:
+                    return
+                pos = end.start()
+        elif after == "/":  # §13.2.5.7 end tag open state
+            name_match = _TAG_NAME.match(text, lt + 2)
+            gt = text.find(">", lt + 2)
+            if gt == -1:
+                return
+            if name_match is not None:
+                yield False, _ascii_lower(name_match[0]), {}
+            pos = gt + 1
+        elif text.startswith("!--", lt + 1):  # §13.2.5.43 comment start state
+            if text.startswith(">", lt + 4) or text.startswith("->", lt + 4):  # <!--> and <!--->
+                pos = text.index(">", lt + 4) + 1
+                continue
+            end = _COMMENT_END.search(text, lt + 4)
+            if end is None:
+                return
+            pos = end.end()
+        elif after in ("!", "?"):  # <!DOCTYPE ...>, <![CDATA[...]>, <?xml ...?>: bogus comments
+            gt = text.find(">", lt + 2)
+            if gt == -1:
+                return
+            pos = gt + 1
+        else:  # a "<" that opens nothing is text
+            pos = lt + 1
+
+
 # h-entry "response" properties: a reply, like, repost or bookmark names its target outside
 # e-content (microformats.org/wiki/h-entry), and those targets are the ones that most want to know.
 RESPONSE_PROPERTIES: Final = frozenset({"u-in-reply-to", "u-like-of", "u-repost-of", "u-bookmark-of"})
@@ -226,115 +350,74 @@ _ROOT_CLASS: Final = re.compile(r"h(?:-[a-z0-9]+)+\Z")  # microformats2 root cla
 
 
 @dataclass(frozen=True, slots=True)
-class _Anchor:
+class _Place:
+    """Where an element sits: the microformat item its content belongs to, and the regions around it."""
+
     tag: str
-    rels: tuple[str, ...]
-    href: str | None  # None: no href attribute at all, "" for href="" (rocks tests 15 and 20)
-    in_head: bool
-    in_entry: bool  # inside the first h-entry
-    in_content: bool  # inside that h-entry's first e-content
-    in_response: bool  # inside one of its response properties
-    in_article: bool  # inside the first <article>
-    in_main: bool  # inside the first <main>
+    root: int  # the item its descendants belong to: itself if it is a root, else its parent's (0: none)
+    in_entry: bool = False  # inside (or is) the first h-entry
+    in_content: bool = False  # inside that h-entry's own e-content
+    in_response: bool = False  # inside one of that h-entry's response properties
+    in_article: bool = False  # inside the first <article>
+    in_main: bool = False  # inside the first <main>
 
 
-@dataclass(frozen=True, slots=True)
-class _Element:
-    tag: str
-    id: int
-    root: int | None  # the microformat root its descendants belong to: itself if it is one
-    response_of: int | None  # the root this element is a response property of
+@dataclass(slots=True)
+class _Page:
+    links: list[tuple[str, _Place]]  # every <a href>: the href as written, and where it sits
+    base: str | None = None  # the first <base href>
+    entry: int = 0  # the first h-entry, in element count; 0 when there is none
+    content: int = 0  # its e-content
+    article: int = 0
+    main: int = 0
 
 
-class _Scan(HTMLParser):
-    """Collects <a> and <link> elements with the page regions they sit in, in document order."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.anchors: list[_Anchor] = []
-        self.base: str | None = None
-        self.entry: int | None = None
-        self.content: int | None = None
-        self.article: int | None = None
-        self.main: int | None = None
-        self._open: list[_Element] = []
-        self._count = 0
-        self._text_only: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self._text_only is not None:
-            return
-        if tag in _TEXT_ONLY:
-            self._text_only = tag
-            return
-        # HTML §13.2.5.33: a repeated attribute is a parse error, and the first one counts.
-        first: dict[str, str | None] = {}
-        for name, value in attrs:
-            first.setdefault(name, value)
-        if tag == "base" and self.base is None and "href" in first:
-            self.base = first["href"] or ""
-        if tag in _VOID and tag != "link":
-            return
-        classes = _tokens(first.get("class") or "")
-        owner = self._open[-1].root if self._open else None  # the item this element belongs to
-        self._count += 1
-        element = _Element(
-            tag,
-            self._count,
-            self._count if any(_ROOT_CLASS.match(name) for name in classes) else owner,
-            owner if RESPONSE_PROPERTIES.intersection(classes) else None,
+def _scan(text: str) -> _Page:
+    """Every <a href> in document order, with the place each one sits in."""
+    page = _Page([])
+    document = _Place("", 0)
+    open_elements: list[_Place] = []
+    open_count: dict[str, int] = {}  # per tag name, so a stray end tag costs no stack walk
+    count = 0
+    for is_start, name, attributes in _html_tokens(text):
+        if not is_start:
+            # An end tag closes its element and whatever is still open inside it (<p>, <li>...).
+            # A stray one closes nothing; </body> and </html> close nothing either (§13.2.6.4.7).
+            if open_count.get(name) and name not in ("body", "html"):
+                while (closed := open_elements.pop()).tag != name:
+                    open_count[closed.tag] -= 1
+                open_count[name] -= 1
+            continue
+        count += 1
+        parent = open_elements[-1] if open_elements else document
+        classes = _tokens(attributes.get("class", ""))
+        # A property class belongs to the nearest root around the element, not to the element.
+        owned = page.entry != 0 and parent.root == page.entry
+        if not page.entry and "h-entry" in classes:
+            page.entry = count
+        if not page.content and owned and "e-content" in classes:
+            page.content = count
+        if not page.article and name == "article":
+            page.article = count
+        if not page.main and name == "main":
+            page.main = count
+        place = _Place(
+            name,
+            count if any(_ROOT_CLASS.match(item) for item in classes) else parent.root,
+            parent.in_entry or page.entry == count,
+            parent.in_content or page.content == count,
+            parent.in_response or (owned and not RESPONSE_PROPERTIES.isdisjoint(classes)),
+            parent.in_article or page.article == count,
+            parent.in_main or page.main == count,
         )
-        if self.entry is None and "h-entry" in classes:
-            self.entry = element.id
-        # The e-content of the first h-entry itself, not of an item nested inside it.
-        if self.content is None and self.entry is not None and owner == self.entry and "e-content" in classes:
-            self.content = element.id
-        if self.article is None and tag == "article":
-            self.article = element.id
-        if self.main is None and tag == "main":
-            self.main = element.id
-        if tag == "link":
-            self._anchor(tag, first, [*self._open, element])
-        else:
-            self._open.append(element)
-            if tag == "a":
-                self._anchor(tag, first, self._open)
-
-    def _anchor(self, tag: str, attrs: Mapping[str, str | None], chain: Sequence[_Element]) -> None:
-        ids = {element.id for element in chain}
-        self.anchors.append(
-            _Anchor(
-                tag,
-                # HTML §4.6.7: rel is a set of space-separated tokens, ASCII case-insensitive.
-                _tokens(attrs.get("rel") or ""),
-                (attrs["href"] or "") if "href" in attrs else None,
-                in_head=any(element.tag == "head" for element in chain),
-                in_entry=self.entry in ids,
-                in_content=self.content in ids,
-                in_response=self.entry is not None and any(element.response_of == self.entry for element in chain),
-                in_article=self.article in ids,
-                in_main=self.main in ids,
-            )
-        )
-
-    def handle_endtag(self, tag: str) -> None:
-        if self._text_only is not None:
-            if tag == self._text_only:
-                self._text_only = None
-            return
-        # An end tag closes its element and whatever was left open inside it (<p>, <li>...);
-        # a stray end tag closes nothing.
-        for index in range(len(self._open) - 1, -1, -1):
-            if self._open[index].tag == tag:
-                del self._open[index:]
-                return
-
-
-def _scan(text: str) -> _Scan:
-    scan = _Scan()
-    scan.feed(text)
-    scan.close()
-    return scan
+        if name == "a" and "href" in attributes:
+            page.links.append((attributes["href"], place))
+        elif name == "base" and page.base is None and "href" in attributes:
+            page.base = attributes["href"]
+        if name not in _VOID:
+            open_elements.append(place)
+            open_count[name] = open_count.get(name, 0) + 1
+    return page
 
 
 def _resolve(base: str, reference: str) -> str:
@@ -359,12 +442,13 @@ def discover_webmention(url: str, headers: Headers, body: bytes | str) -> str | 
                 return _resolve(url, link.url)
     if not is_html(headers):
         return None
-    for anchor in _scan(decode(headers, body)).anchors:
+    for is_start, name, attributes in _html_tokens(decode(headers, body)):
         # A <link> without href names no endpoint and is skipped (rocks 20); href="" is the page
         # itself (rocks 15). "The endpoint MAY be a relative URL, in which case the sender MUST
         # resolve it relative to the target URL": the target's final URL (rocks 23), not a <base>.
-        if WEBMENTION in anchor.rels and anchor.href is not None:
-            return _resolve(url, anchor.href)
+        if is_start and name in ("a", "link") and "href" in attributes:
+            if WEBMENTION in _tokens(attributes.get("rel", "")):
+                return _resolve(url, attributes["href"])
     return None
 
 
@@ -406,23 +490,24 @@ def discover(url: str, headers: Headers, body: bytes | str) -> Endpoint | None:
 # The links a post makes
 
 
-def _post_anchors(anchors: Sequence[_Anchor], scan: _Scan, all_links: bool) -> Iterator[_Anchor]:
-    links = [anchor for anchor in anchors if anchor.tag == "a" and anchor.href is not None]
+def _post_links(page: _Page, all_links: bool) -> list[str]:
+    """The hrefs of the post's <a> elements, as written."""
     if all_links:
-        return iter(links)
-    if scan.entry is not None:
+        return [href for href, _ in page.links]
+    if page.entry:
         # The post is the first h-entry: its e-content and its response properties; the whole
         # entry when it has neither.
-        if scan.content is not None or any(anchor.in_response for anchor in links):
-            return (anchor for anchor in links if anchor.in_content or anchor.in_response)
-        return (anchor for anchor in links if anchor.in_entry)
+        if page.content or any(place.in_response for _, place in page.links):
+            return [href for href, place in page.links if place.in_content or place.in_response]
+        return [href for href, place in page.links if place.in_entry]
     # Without microformats: the first <article> (HTML §4.3.2, "a complete, or self-contained,
-    # composition"), which leaves out the navigation a <main> usually also holds; else <main>.
-    if scan.article is not None:
-        return (anchor for anchor in links if anchor.in_article)
-    if scan.main is not None:
-        return (anchor for anchor in links if anchor.in_main)
-    return (anchor for anchor in links if not anchor.in_head)
+    # composition"), which leaves out the navigation a <main> usually also holds; else <main>;
+    # else the whole page (an <a> cannot sit in <head>: the parser moves it to <body>).
+    if page.article:
+        return [href for href, place in page.links if place.in_article]
+    if page.main:
+        return [href for href, place in page.links if place.in_main]
+    return [href for href, _ in page.links]
 
 
 def extract_links(
@@ -437,16 +522,15 @@ def extract_links(
 
     Links to the page itself (`url` or any of `aliases`, fragments ignored) are left out.
     """
-    scan = _scan(decode(headers, body))
+    page = _scan(decode(headers, body))
     # HTML §2.4.1: links resolve against the document base URL, set by the first <base href>.
     base = url
-    if scan.base is not None and is_http_url(document_base := _resolve(url, scan.base)):
+    if page.base is not None and is_http_url(document_base := _resolve(url, page.base)):
         base = document_base
-    itself = {urldefrag(page)[0] for page in (url, *aliases)}
+    itself = {urldefrag(address)[0] for address in (url, *aliases)}
     found: dict[str, None] = {}
-    for anchor in _post_anchors(scan.anchors, scan, all_links):
-        assert anchor.href is not None
-        target = _resolve(base, anchor.href)
+    for href in _post_links(page, all_links):
+        target = _resolve(base, href)
         if is_http_url(target) and urldefrag(target)[0] not in itself:
             found.setdefault(target)
     return tuple(found)

@@ -310,6 +310,75 @@ EDGE_CASES = [
         "https://other.example/wm#frag",
         id="absolute-kept",
     ),
+    # HTML §13.2.5 tokenization, as browsers do it.
+    pytest.param(
+        W,
+        [HTML],
+        '<a rel=webmention href="/wm?a=1&region=2&not=3&copy;&amp;b&#38;c&#x26;d">x</a>',
+        "https://example.org/wm?a=1&region=2&not=3©&b&c&d",
+        id="attribute-character-references",
+    ),
+    pytest.param(
+        W, [HTML], '<a rel=webmention href="/wm?x&not">x</a>', "https://example.org/wm?x¬", id="legacy-at-end"
+    ),
+    pytest.param(W, [HTML], '<!-- <a rel=webmention href="/no">', None, id="comment-open-at-eof"),
+    pytest.param(W, [HTML], '<!--> <a rel=webmention href="/wm">', "https://example.org/wm", id="empty-comment"),
+    pytest.param(W, [HTML], '<!---> <a rel=webmention href="/wm">', "https://example.org/wm", id="empty-comment-dash"),
+    pytest.param(
+        W, [HTML], '<!-- x --!><a rel=webmention href="/wm">', "https://example.org/wm", id="comment-closed-by-bang"
+    ),
+    pytest.param(
+        W,
+        [HTML],
+        '<!-- <a rel=webmention href="/no"> -- > --><a rel=webmention href="/wm">',
+        "https://example.org/wm",
+        id="comment-with-dashes",
+    ),
+    pytest.param(W, [HTML], '<a rel=webmention href="/wm"', None, id="tag-open-at-eof"),
+    pytest.param(W, [HTML], '<a rel=webmention href="/wm>', None, id="quote-open-at-eof"),
+    pytest.param(W, [HTML], "<a rel=webmention href=/wm/>", "https://example.org/wm/", id="unquoted-keeps-slash"),
+    pytest.param(W, [HTML], "<a rel=webmention href='/wm' />", "https://example.org/wm", id="self-closing-syntax"),
+    pytest.param(
+        W,
+        [HTML],
+        '<![CDATA[<a rel=webmention href="/no">]]><a rel=webmention href="/wm">',
+        "https://example.org/wm",
+        id="cdata-is-a-bogus-comment",
+    ),
+    pytest.param(
+        W,
+        [HTML],
+        '<?php echo "<a rel=webmention href=/no>" ?><a rel=webmention href="/wm">',
+        "https://example.org/wm",
+        id="processing-instruction-swallows-up-to-first-gt",
+    ),
+    pytest.param(
+        W,
+        [HTML],
+        '<script>a = "</scriptx><a rel=webmention href=/no>";</SCRIPT ><a rel=webmention href="/wm">',
+        "https://example.org/wm",
+        id="script-end-tag-exact",
+    ),
+    pytest.param(W, [HTML], '<script><a rel=webmention href="/no">', None, id="script-open-at-eof"),
+    pytest.param(
+        W,
+        [HTML],
+        '<noscript><a rel=webmention href="/no"></noscript><a rel=webmention href="/wm">',
+        "https://example.org/wm",
+        id="noscript-is-text",
+    ),
+    pytest.param(W, [HTML], '<plaintext><a rel=webmention href="/no">', None, id="plaintext"),
+    pytest.param(W, [HTML], '< a rel=webmention href="/no">', None, id="lt-space-is-text"),
+    pytest.param(
+        W,
+        [HTML],
+        '</ a rel=webmention href="/no"><a rel=webmention href="/wm">',
+        "https://example.org/wm",
+        id="bogus-end-tag",
+    ),
+    pytest.param(
+        W, [HTML], '<a\nrel=\twebmention\fhref\r=\n"/wm"\n>x</a>', "https://example.org/wm", id="tag-whitespace"
+    ),
     pytest.param(W, [HTML], "<p>no endpoint here</p>", None, id="none"),
     pytest.param(W, [HTML], "", None, id="empty-body"),
 ]
@@ -541,6 +610,26 @@ EXTRACT_CASES = [
         ("https://me.example/2024/05/post?id=8",),
         id="self-and-alias",
     ),
+    pytest.param(
+        """<html><body><main><div><p><a href="/1">1</a></div></body></html><a href="/2">2</a></main>
+        <a href="/3">3</a>""",
+        False,
+        ("https://me.example/1", "https://me.example/2"),
+        id="end-tags-close-inner-elements-but-not-body",
+    ),
+    pytest.param(
+        """<div class="h-entry"><div class="e-content"><p><a href="/1">1</a></span></div>
+        <a href="/2">2</a></div>""",
+        False,
+        ("https://me.example/1",),
+        id="stray-end-tag-closes-nothing",
+    ),
+    pytest.param(
+        """<article><a href="/x?a=1&region=2">x</a> <a href="/y?z=1&amp;q=2">y</a></article>""",
+        False,
+        ("https://me.example/x?a=1&region=2", "https://me.example/y?z=1&q=2"),
+        id="query-strings-as-browsers-read-them",
+    ),
 ]
 
 
@@ -553,3 +642,25 @@ def test_webmention_module_is_pure() -> None:
     code = "import sys, pingforward.webmention; print(sorted({'httpx', 'starlette', 'asyncio'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
     assert result.stdout.strip() == "[]"
+
+
+HOSTILE_SIZE = 200_000
+# Inputs that make Python 3.11's html.parser (or a tree builder) take quadratic time or worse.
+HOSTILE_PAGES = [
+    pytest.param("<!--" * (HOSTILE_SIZE // 4), id="comment-starts"),
+    pytest.param("<" * HOSTILE_SIZE, id="lt"),
+    pytest.param("<a " * (HOSTILE_SIZE // 3), id="open-tags"),
+    pytest.param('<a href="' * (HOSTILE_SIZE // 9), id="open-quotes"),
+    pytest.param("<?" * (HOSTILE_SIZE // 2), id="processing-instructions"),
+    pytest.param("<div>" * (HOSTILE_SIZE // 10) + "</x>" * (HOSTILE_SIZE // 8), id="deep-and-stray-ends"),
+    pytest.param('<div class="h-entry e-content">' * (HOSTILE_SIZE // 60) + "<a href=/x>" * 2000, id="deep-links"),
+    pytest.param("<a href='" + "&amp" * (HOSTILE_SIZE // 4) + "'>", id="references"),
+    pytest.param("<script>" + "</scrip" * (HOSTILE_SIZE // 7), id="script-open"),
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_PAGES)
+def test_hostile_pages_are_scanned_in_one_pass(body: str) -> None:
+    # No timing assertion: a quadratic scan of these takes hours, a linear one a fraction of a second.
+    assert discover_webmention(W, [HTML], body) is None
+    assert len(extract_links(W, [HTML], body)) <= 1
