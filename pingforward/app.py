@@ -114,7 +114,7 @@ async def _xmlrpc(request: Request, settings: Settings) -> Response:
         async with asyncio.timeout(min(settings.timeout, MAX_BODY_SECONDS)):
             body = await request.body()
     except TimeoutError:
-        return PlainTextResponse("Request Timeout", status_code=408)
+        return PlainTextResponse("Request Timeout", status_code=408, headers={"Connection": "close"})
     try:
         call = parse_call(body)
         if call.method == LIST_METHODS:

@@ -7,6 +7,7 @@ Each case must end in an XML-RPC fault (HTTP 200) or a transport-level HTTP erro
 from __future__ import annotations
 
 import gzip
+import select
 import socket
 import time
 import xmlrpc.client
@@ -85,19 +86,31 @@ def raw_post(base: str, head: bytes, body_parts: Iterator[bytes] | list[bytes], 
         sock.sendall(head)
         try:
             for part in body_parts:
+                if select.select([sock], [], [], 0)[0]:
+                    break  # the server has answered before the body was complete: stop sending
                 sock.sendall(part)
         except OSError:  # the server answered and closed before we finished: fine
             pass
-        chunks = []
-        while True:
+        answer = b""
+        while not _complete(answer):
             try:
                 data = sock.recv(65536)
             except (ConnectionResetError, TimeoutError):
                 break
             if not data:
                 break
-            chunks.append(data)
-        return b"".join(chunks)
+            answer += data
+        return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, found, body = answer.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    for line in head.lower().split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
 
 
 def post(base: str, body: bytes, extra: bytes = b"") -> bytes:
