@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
 
 import httpcore
 import httpx
@@ -26,9 +27,22 @@ USER_AGENT = f"pingforward/{__version__} (+{PROJECT_URL})"
 VIA = "1.1 pingforward"
 
 
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses of `host`, in the resolver's order, without duplicates."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:  # socket.gaierror: no such host
+        raise httpcore.ConnectError(f"cannot resolve {host}") from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
 class _PolicyBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, resolver: Resolver) -> None:
         self._policy = policy
+        self._resolve = resolver
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
@@ -39,11 +53,7 @@ class _PolicyBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:  # socket.gaierror: no such host
-            raise httpcore.ConnectError(f"cannot resolve {host}") from exc
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        addresses = await self._resolve(host, port)
         for address in addresses:  # all of them: refuse a name with any non-global answer
             self._policy.check_address(ipaddress.ip_address(address.split("%")[0]))
         error: httpcore.ConnectError | None = None
@@ -61,15 +71,21 @@ class _PolicyBackend(httpcore.AsyncNetworkBackend):
 class PolicyTransport(httpx.AsyncHTTPTransport):
     """httpx's own transport, with its connection pool dialling through the policy."""
 
-    def __init__(self, policy: Policy, limits: httpx.Limits) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        limits: httpx.Limits,
+        ssl_context: ssl.SSLContext | None = None,
+        resolver: Resolver = resolve,
+    ) -> None:
         super().__init__(limits=limits)
         self._policy = policy
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=ssl_context or httpx.create_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_PolicyBackend(policy),
+            network_backend=_PolicyBackend(policy, resolver),
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
