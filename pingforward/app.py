@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from pingforward.config import Settings
+from pingforward.config import ConfigError, Settings
 from pingforward.forward import ForwardError, HostLimiter, Outcome, forward, parse_forward
 from pingforward.pingback import (
     LIST_METHODS,
@@ -73,7 +73,12 @@ def _log_ping(request: Request, forward_url: str, source: str, target: str, outc
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the ASGI app; settings come from the environment unless given."""
-    settings = settings or Settings.from_environ(os.environ)
+    if settings is None:
+        try:
+            settings = Settings.from_environ(os.environ)
+        except ConfigError as exc:
+            # A clear one-line reason in the platform's log instead of a traceback, and no start.
+            raise SystemExit(f"pingforward: bad configuration: {exc}") from None
     _configure_logging()
 
     @asynccontextmanager

@@ -58,3 +58,11 @@ def test_values() -> None:
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{name}: "):
         Settings.from_environ({name: value})
+
+
+def test_app_refuses_to_start_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pingforward.app import create_app
+
+    monkeypatch.setenv("PINGFORWARD_MAX_BODY", "lots")
+    with pytest.raises(SystemExit, match="^pingforward: bad configuration: PINGFORWARD_MAX_BODY: "):
+        create_app()
