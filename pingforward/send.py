@@ -21,6 +21,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import httpx
 
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
+from pingforward.policy import Refused
 from pingforward.webmention import Endpoint, Protocol, discover, extract_links, is_html, media_type
 
 logger = logging.getLogger(__name__)
@@ -162,9 +163,19 @@ async def _exchange(
     """One request and a bounded read of its answer; transport problems become `SendError`."""
     host = urlsplit(url).hostname or url
     try:
-        async with hosts(url), client.stream(method, url, content=content, headers=headers) as response:
-            body = await _read(response, limit)
-            return _Answer(str(response.url), response.status_code, tuple(response.headers.multi_items()), body)
+        request = client.build_request(method, url, content=content, headers=headers)
+        # The sender starts requests and forwards none: Via is for intermediaries (RFC 9110
+        # §7.6.3), and a pingforward proxy answers a request that carries ours with 508.
+        request.headers.pop("via", None)
+        async with hosts(url):
+            response = await client.send(request, stream=True)
+            try:
+                body = await _read(response, limit)
+            finally:
+                await response.aclose()
+        return _Answer(str(response.url), response.status_code, tuple(response.headers.multi_items()), body)
+    except Refused as exc:  # the address policy, checked on every hop and every connection
+        raise SendError(unusable, f"refused: {exc.reason}") from None
     except httpx.TimeoutException:
         raise SendError(Status.ERROR, f"{host}: no answer in time") from None
     except httpx.NetworkError:

@@ -1,8 +1,8 @@
 """The sender end to end on 127.0.0.1: real servers in threads, the real client, the real proxy.
 
 A stdlib HTTP server plays the web (source post, targets, Webmention receivers, webmention.rocks
-style pages); pingforward's own app runs under uvicorn as the pingback server of one target, so
-the sender's Pingback fallback and the proxy's Webmention forwarding talk to each other.
+style pages); pingforward itself, started with the Procfile's command, is the pingback server of
+one target, so the sender's Pingback fallback and the proxy's Webmention forwarding talk to each other.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import gzip
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
-import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,13 +22,12 @@ from urllib.parse import parse_qs, quote
 
 import httpx
 import pytest
-import uvicorn
 
-from pingforward.app import create_app
 from pingforward.config import Settings
 from pingforward.send import Limits, Status, fetch_source, send
 from pingforward.transport import make_client
 from pingforward.webmention import Protocol
+from tests import servers
 
 TOKEN = "e2e-send-token-0123456789"
 
@@ -38,17 +35,13 @@ Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
 def local_settings(**overrides: object) -> Settings:
-    """Settings for talking to 127.0.0.1 on random ports.
-
-    Once the address policy is merged, loopback and these ports are refused by default, so this
-    must add allow_private_networks=True and allowed_ports=None.
-    """
-    return Settings(timeout=5.0, **overrides)  # type: ignore[arg-type]
+    """Settings for talking to 127.0.0.1 on random ports, which the address policy refuses by default."""
+    return Settings(timeout=5.0, allow_private_networks=True, allowed_ports=None, **overrides)  # type: ignore[arg-type]
 
 
 def local_environ() -> dict[str, str]:
     """The same, as environment variables for a `pingforward` subprocess."""
-    return {}
+    return {"PINGFORWARD_ALLOW_PRIVATE_NETWORKS": "true", "PINGFORWARD_ALLOWED_PORTS": "*"}
 
 
 def html(body: str, *headers: tuple[str, str], status: int = 200) -> Answer:
@@ -128,33 +121,11 @@ def site() -> Iterator[Site]:
         thread.join(10)
 
 
-@dataclass(frozen=True)
-class Proxy:
-    url: str
-
-
-@pytest.fixture
-def proxy() -> Iterator[Proxy]:
-    """pingforward itself under uvicorn on 127.0.0.1, with POST /send on."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        create_app(local_settings(send_token=TOKEN)), log_level="warning", access_log=False, ws="none", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(1000):
-            if server.started or not thread.is_alive():
-                break
-            time.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield Proxy(f"http://127.0.0.1:{sock.getsockname()[1]}")
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[str]:
+    """pingforward itself, started with the Procfile's command, with POST /send on; its base URL."""
+    with servers.proxy({**local_environ(), "PINGFORWARD_SEND_TOKEN": TOKEN}) as base:
+        yield base
 
 
 @pytest.fixture
@@ -163,7 +134,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def four_targets(site: Site, proxy: Proxy) -> None:
+def four_targets(site: Site, proxy: str) -> None:
     """A post linking to a Webmention target, a pingback-only target served by the proxy, a
     target with no endpoint, and one whose endpoint fails; plus a nav link that is not the post's."""
     site.routes[("GET", "/post")] = html(
@@ -178,7 +149,7 @@ def four_targets(site: Site, proxy: Proxy) -> None:
     site.routes[("POST", "/wm-endpoint")] = (202, [], b"")
     forward = quote(site.url("/pb-receiver"), safe="")
     site.routes[("GET", "/pb-target")] = html(
-        f'<html><head><link rel="pingback" href="{proxy.url}/?forward={forward}" /></head><body>pb</body></html>'
+        f'<html><head><link rel="pingback" href="{proxy}/?forward={forward}" /></head><body>pb</body></html>'
     )
     site.routes[("POST", "/pb-receiver")] = (
         200,
@@ -204,7 +175,7 @@ def assert_four_targets_notified(site: Site) -> None:
 
 @pytest.mark.anyio
 async def test_webmention_pingback_via_proxy_nothing_and_failure(
-    site: Site, proxy: Proxy, client: httpx.AsyncClient
+    site: Site, proxy: str, client: httpx.AsyncClient
 ) -> None:
     four_targets(site, proxy)
     report = await send(client, site.url("/post"))
@@ -214,7 +185,7 @@ async def test_webmention_pingback_via_proxy_nothing_and_failure(
         (site.url("/plain"), Status.SKIPPED, None),
         (site.url("/broken"), Status.ERROR, Protocol.WEBMENTION),
     ]
-    assert report.results[1].endpoint is not None and report.results[1].endpoint.startswith(proxy.url)
+    assert report.results[1].endpoint is not None and report.results[1].endpoint.startswith(proxy)
     assert report.results[1].detail == "Webmention was successful"
     assert report.results[3].http_status == 500
     assert "database is down" in report.results[3].detail
@@ -223,14 +194,14 @@ async def test_webmention_pingback_via_proxy_nothing_and_failure(
 
 
 @pytest.mark.anyio
-async def test_post_send_endpoint(site: Site, proxy: Proxy) -> None:
+async def test_post_send_endpoint(site: Site, proxy: str) -> None:
     four_targets(site, proxy)
     async with httpx.AsyncClient(timeout=30) as http:
-        refused = await http.post(f"{proxy.url}/send", data={"source": site.url("/post")})
+        refused = await http.post(f"{proxy}/send", data={"source": site.url("/post")})
         assert refused.status_code == 401
         assert site.log == []  # nothing fetched for an unauthorized request
         response = await http.post(
-            f"{proxy.url}/send", data={"source": site.url("/post")}, headers={"Authorization": f"Bearer {TOKEN}"}
+            f"{proxy}/send", data={"source": site.url("/post")}, headers={"Authorization": f"Bearer {TOKEN}"}
         )
     assert response.status_code == 200
     answer = response.json()
@@ -245,7 +216,7 @@ async def test_post_send_endpoint(site: Site, proxy: Proxy) -> None:
     assert_four_targets_notified(site)
 
 
-def test_cli_subprocess(site: Site, proxy: Proxy) -> None:
+def test_cli_subprocess(site: Site, proxy: str) -> None:
     four_targets(site, proxy)
     environ = {key: value for key, value in os.environ.items() if not key.startswith("PINGFORWARD_")}
     result = subprocess.run(
