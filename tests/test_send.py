@@ -332,3 +332,32 @@ async def test_deadline_turns_unfinished_targets_into_errors(
     ]
     report = await send(client, SRC, limits=Limits(target_timeout=0.2))
     assert "within 0.2 s" in report.results[0].detail
+
+
+@pytest.mark.anyio
+async def test_policy_refusals_are_skips_and_sender_requests_carry_no_via(
+    respx_mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    # The default policy refuses loopback before any connection is attempted.
+    respx_mock.get(SRC).mock(return_value=page("http://127.0.0.1/local", "https://a.example/", "https://b.example/"))
+    respx_mock.get("https://a.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "<http://127.0.0.1/wm>; rel=webmention"})
+    )
+    respx_mock.get("https://b.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "</wm>; rel=webmention"})
+    )
+    endpoint = respx_mock.post("https://b.example/wm").mock(return_value=httpx.Response(202))
+    report = await send(client, SRC)
+    assert [(r.status, r.detail.startswith("refused: ")) for r in report.results] == [
+        (Status.SKIPPED, True),
+        (Status.SKIPPED, True),
+        (Status.SENT, False),
+    ]
+    assert report.results[1].endpoint == "http://127.0.0.1/wm"
+    # Via marks the proxy's forwards; a pingforward proxy answers 508 to a request carrying it.
+    assert all("via" not in call.request.headers for call in respx_mock.calls)
+    assert endpoint.call_count == 1
+    with pytest.raises(SendError) as caught:
+        await fetch_source(client, "http://127.0.0.1/post")
+    assert caught.value.status == Status.FAILED
+    assert caught.value.detail.startswith("refused: ")
