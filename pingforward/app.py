@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.applications import Starlette
@@ -16,12 +17,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from pingforward.config import Settings
+from pingforward.config import LogFormat, Settings
 from pingforward.forward import ForwardError, Outcome, forward, parse_forward
 from pingforward.pingback import (
     LIST_METHODS,
     METHODS,
     PINGBACK_PING,
+    Call,
     Fault,
     FaultCode,
     parse_call,
@@ -29,6 +31,7 @@ from pingforward.pingback import (
     render_fault,
     render_response,
 )
+from pingforward.pinglog import PingLine, formatter, log_ping
 from pingforward.transport import make_client
 
 logger = logging.getLogger(__name__)
@@ -46,24 +49,29 @@ def _fault(code: FaultCode, message: str | None = None) -> Response:
     return Response(render_fault(Fault(code, message)), media_type=XML)
 
 
-def _log_ping(request: Request, forward_url: str, source: str, target: str, outcome: Outcome, ms: float) -> None:
-    # %r escapes newlines and control characters, so untrusted values cannot forge log lines.
-    logger.info(
-        "ping client=%s forward=%r source=%r target=%r status=%s outcome=%s ms=%.1f",
-        request.client.host if request.client else "-",
-        forward_url,
-        source,
-        target,
-        outcome.status if outcome.status is not None else "-",
-        "ok" if outcome.fault is None else int(outcome.fault),
-        ms,
+def _log_ping(request: Request, forward_url: str, call: Call, outcome: Outcome, ms: float) -> None:
+    def param(index: int) -> str:
+        value = call.params[index] if index < len(call.params) else None
+        return value.strip() if isinstance(value, str) else "-"
+
+    line = PingLine(
+        client=request.client.host if request.client else "-",
+        forward_host=(urlsplit(forward_url).hostname or "-") if forward_url else "-",
+        source=param(0),
+        target=param(1),
+        status=outcome.status,
+        fault=outcome.fault,
+        ms=ms,
+        request_id=request.headers.get("x-request-id"),
+        agent=request.headers.get("user-agent"),
     )
+    log_ping(logger, line)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the ASGI app; settings come from the environment unless given."""
     settings = settings or Settings.from_environ(os.environ)
-    _configure_logging()
+    _configure_logging(settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -100,28 +108,33 @@ async def _xmlrpc(request: Request, settings: Settings) -> Response:
             return Response(render_response(METHODS), media_type=XML)
         if call.method != PINGBACK_PING:
             raise Fault(FaultCode.METHOD_NOT_FOUND, f"server error. requested method {call.method!r} not found")
-        forward_url = parse_forward(request.scope["query_string"].decode("latin-1"))
-        ping = ping_from_params(call.params)
-    except ForwardError as exc:
-        return _fault(FaultCode.GENERIC, str(exc))
     except Fault as fault:
         return _fault(fault.code, fault.message)
 
     started = time.perf_counter()
-    client: httpx.AsyncClient = request.state.client
-    client_ip = request.client.host if request.client else ""
-    outcome = await forward(client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout)
-    _log_ping(request, forward_url, ping.source, ping.target, outcome, (time.perf_counter() - started) * 1000)
+    forward_url = ""
+    try:
+        forward_url = parse_forward(request.scope["query_string"].decode("latin-1"))
+        ping = ping_from_params(call.params)
+    except ForwardError as exc:
+        outcome = Outcome(str(exc), FaultCode.GENERIC)
+    except Fault as fault:
+        outcome = Outcome(fault.message, fault.code)
+    else:
+        client: httpx.AsyncClient = request.state.client
+        client_ip = request.client.host if request.client else ""
+        outcome = await forward(client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout)
+    _log_ping(request, forward_url, call, outcome, (time.perf_counter() - started) * 1000)
     if outcome.fault is None:
         return Response(render_response(outcome.text), media_type=XML)
     return _fault(outcome.fault, outcome.text)
 
 
-def _configure_logging() -> None:
+def _configure_logging(log_format: LogFormat) -> None:
     # uvicorn configures only its own loggers; give ours a stdout handler once.
     package = logging.getLogger("pingforward")
     if not package.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        package.addHandler(handler)
+        package.addHandler(logging.StreamHandler(sys.stdout))
         package.setLevel(logging.INFO)
+    for handler in package.handlers:
+        handler.setFormatter(formatter(log_format))

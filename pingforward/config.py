@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final, TypeVar
 
 PREFIX: Final = "PINGFORWARD_"
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_MAX_BODY: Final = 65536
 T = TypeVar("T")
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 class ConfigError(ValueError):
@@ -20,6 +26,7 @@ class ConfigError(ValueError):
 class Settings:
     timeout: float = DEFAULT_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
+    log_format: LogFormat = LogFormat.TEXT
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -46,5 +53,8 @@ class Settings:
             timeout=read("timeout", float, DEFAULT_TIMEOUT, lambda v: 0 < v <= 300, "must be seconds, > 0 and <= 300"),
             max_body=read(
                 "max_body", int, DEFAULT_MAX_BODY, lambda v: 1024 <= v <= 10_000_000, "must be bytes, 1024 to 10000000"
+            ),
+            log_format=read(
+                "log_format", lambda v: LogFormat(v.lower()), LogFormat.TEXT, lambda v: True, "must be text or json"
             ),
         )
