@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from pingforward import landing
 from pingforward.config import LogFormat, Settings
 from pingforward.forward import ForwardError, Outcome, forward, parse_forward
 from pingforward.pingback import (
@@ -37,6 +38,13 @@ from pingforward.transport import make_client
 logger = logging.getLogger(__name__)
 
 XML = "text/xml; charset=utf-8"
+# The landing page runs no script and loads nothing; it may only submit its form to itself.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class State(TypedDict):
@@ -72,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """Build the ASGI app; settings come from the environment unless given."""
     settings = settings or Settings.from_environ(os.environ)
     _configure_logging(settings.log_format)
+    policy = landing.instance_policy(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -88,10 +97,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
+    async def page(request: Request) -> Response:
+        page_url = str(request.url.replace(query=""))
+        status, body = landing.render(page_url, request.query_params.get("endpoint"), policy)
+        return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
+
     app = Starlette(
         routes=[
             Route("/", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
             Route("/webmention", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
+            Route("/", page, methods=["GET", "HEAD"]),
+            Route("/webmention", page, methods=["GET", "HEAD"]),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
         ],
         lifespan=lifespan,
