@@ -4,9 +4,12 @@ import xmlrpc.client
 from urllib.parse import parse_qs, quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pingforward.app import create_app
 from pingforward.check import (
+    Finding,
     Page,
     Verdict,
     analyze,
@@ -18,6 +21,7 @@ from pingforward.check import (
 )
 from pingforward.cli import main
 from pingforward.config import Settings
+from pingforward.pingback import is_http_url
 from pingforward.transport import make_client
 from tests.servers import Reply, free_port, serve_app, serve_site
 
@@ -198,6 +202,19 @@ def test_analyze_good_page_says_why() -> None:
         (Verdict.OK, f"forward matches the page's Webmention endpoint {WM}"),
     ]
     assert analysis.endpoint == GOOD
+
+
+FRAGMENTS = st.sampled_from(
+    ["<link ", "<a ", 'rel="pingback"', "rel='pingback'", 'rel="webmention"', "href=", '"', "'", ">", " ", "/>",
+     "<!--", "-->", PF, GOOD, "&amp;", "forward=", "%3A", "#", "?"]
+)  # fmt: skip
+
+
+@given(st.lists(st.one_of(FRAGMENTS, st.text(max_size=5)), max_size=40), st.one_of(st.none(), st.text(max_size=30)))
+def test_analyze_takes_any_page(parts: list[str], header: str | None) -> None:
+    analysis = analyze(page("".join(parts), () if header is None else (header,), header))
+    assert analysis.findings[0] == Finding(Verdict.OK, f"fetched {POST} (HTTP 200)")
+    assert analysis.endpoint is None or is_http_url(analysis.endpoint)
 
 
 def test_home_page_note() -> None:

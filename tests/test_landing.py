@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.provisional import urls
 
 from pingforward.app import create_app
@@ -81,6 +82,14 @@ def test_any_url_round_trips(url: str) -> None:
     href = re.fullmatch(r'<link rel="pingback" href="([^"]+)">', tags.link)
     assert href is not None
     assert parse_forward(urlsplit(href[1]).query) == url.strip()
+
+
+@given(st.text(max_size=300))
+def test_any_input_gets_an_answer(endpoint: str) -> None:
+    status, page = render(PAGE, endpoint, OPEN)
+    assert status in (200, 400)
+    assert ('id="link-tag"' in page) is (status == 200)
+    assert "<script" not in page
 
 
 def test_allowed_hosts() -> None:
