@@ -34,7 +34,7 @@ class InstancePolicy:
 
     allowed_hosts: tuple[str, ...] = ()  # empty: any host
     allowed_ports: tuple[int, ...] = ()  # empty: not shown
-    allow_private_networks: bool = False
+    allow_private_networks: bool | None = None  # None: not shown
     timeout: float = 10.0
     max_body: int = 65536
 
@@ -137,24 +137,25 @@ def _fault_rows(codes: Iterable[FaultCode]) -> Html:
 
 _POLICY: Final = Template("""<ul>
 <li>Forwards to: $hosts</li>
-$ports<li>Addresses in private networks: $private</li>
-<li>Your endpoint gets $timeout seconds to answer; requests larger than $max_body bytes are refused.</li>
+$ports$private<li>Your endpoint gets $timeout seconds to answer; requests larger than $max_body bytes are refused.</li>
 </ul>""")
 
 
 def _policy(policy: InstancePolicy) -> Html:
-    ports = (
-        _fill(Template("<li>Ports: $ports</li>\n"), ports=", ".join(map(str, policy.allowed_ports)))
-        if policy.allowed_ports
-        else Html("")
-    )
+    if policy.allowed_hosts:
+        hosts = ", ".join(policy.allowed_hosts)
+    else:
+        hosts = "any public host" if policy.allow_private_networks is False else "any host"
+    ports, private = Html(""), Html("")
+    if policy.allowed_ports:
+        ports = _fill(Template("<li>Ports: $ports</li>\n"), ports=", ".join(map(str, policy.allowed_ports)))
+    if policy.allow_private_networks is not None:
+        private = _fill(
+            Template("<li>Addresses in private networks: $private</li>\n"),
+            private="allowed" if policy.allow_private_networks else "refused",
+        )
     return _fill(
-        _POLICY,
-        hosts=", ".join(policy.allowed_hosts) if policy.allowed_hosts else "any public host",
-        ports=ports,
-        private="allowed" if policy.allow_private_networks else "refused",
-        timeout=f"{policy.timeout:g}",
-        max_body=str(policy.max_body),
+        _POLICY, hosts=hosts, ports=ports, private=private, timeout=f"{policy.timeout:g}", max_body=str(policy.max_body)
     )
 
 

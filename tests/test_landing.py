@@ -101,15 +101,22 @@ def test_allowed_hosts() -> None:
 
 def test_policy_rendered() -> None:
     policy = InstancePolicy(
-        allowed_hosts=("webmention.io", "<b>x</b>"), allowed_ports=(443,), timeout=2.5, max_body=4096
+        allowed_hosts=("webmention.io", "<b>x</b>"),
+        allowed_ports=(443,),
+        allow_private_networks=False,
+        timeout=2.5,
+        max_body=4096,
     )
     status, page = render(PAGE, None, policy)
     assert status == 200
     assert "Forwards to: webmention.io, &lt;b&gt;x&lt;/b&gt;</li>" in page
     assert "<li>Ports: 443</li>" in page
+    assert "<li>Addresses in private networks: refused</li>" in page
     assert "2.5 seconds" in page and "4096 bytes" in page
     _, page = render(PAGE, None, OPEN)
-    assert "any public host" in page and "Ports:" not in page
+    assert "Forwards to: any host</li>" in page and "Ports:" not in page and "private networks" not in page
+    _, page = render(PAGE, None, InstancePolicy(allow_private_networks=False))
+    assert "Forwards to: any public host</li>" in page
 
 
 def test_fault_table_lists_every_code() -> None:
