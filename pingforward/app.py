@@ -102,12 +102,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         status, body = landing.render(page_url, request.query_params.get("endpoint"), policy)
         return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
 
+    async def endpoint(request: Request) -> Response:
+        # One route per path, so that a 405 names every allowed method.
+        return await (xmlrpc(request) if request.method == "POST" else page(request))
+
     app = Starlette(
         routes=[
-            Route("/", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
-            Route("/webmention", xmlrpc, methods=["POST"], max_body_size=settings.max_body),
-            Route("/", page, methods=["GET", "HEAD"]),
-            Route("/webmention", page, methods=["GET", "HEAD"]),
+            Route("/", endpoint, methods=["GET", "HEAD", "POST"], max_body_size=settings.max_body),
+            Route("/webmention", endpoint, methods=["GET", "HEAD", "POST"], max_body_size=settings.max_body),
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
         ],
         lifespan=lifespan,

@@ -15,7 +15,7 @@ from typing import Final
 from urllib.parse import quote, urlsplit
 
 from pingforward import PROJECT_URL, __version__
-from pingforward.config import Settings
+from pingforward.config import DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, Settings
 from pingforward.forward import ERROR_NAMES, MAX_FORWARD_URL, ForwardError, parse_forward
 from pingforward.pingback import FaultCode, is_http_url
 
@@ -35,8 +35,8 @@ class InstancePolicy:
     allowed_hosts: tuple[str, ...] = ()  # empty: any host
     allowed_ports: tuple[int, ...] = ()  # empty: not shown
     allow_private_networks: bool | None = None  # None: not shown
-    timeout: float = 10.0
-    max_body: int = 65536
+    timeout: float = DEFAULT_TIMEOUT
+    max_body: int = DEFAULT_MAX_BODY
 
     def allows_host(self, host: str) -> bool:
         return not self.allowed_hosts or host.lower().rstrip(".") in self.allowed_hosts

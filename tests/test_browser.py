@@ -33,6 +33,9 @@ os.environ["SE_AVOID_STATS"] = "true"
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 FLAGS = (
     "--headless",
@@ -71,6 +74,13 @@ def browser() -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def after_submit(driver: webdriver.Chrome, element_id: str) -> WebElement:
+    """Wait for the page the form leads to, known by an element the form's page does not have."""
+    wait = WebDriverWait(driver, 15)  # bounded; the page is served from 127.0.0.1
+    found: WebElement = wait.until(expected_conditions.presence_of_element_located((By.ID, element_id)))
+    return found
+
+
 def screenshot(driver: webdriver.Chrome, name: str, width: int, tmp_path: Path) -> Path:
     """A full-page PNG at `width` CSS pixels, in $SCREENSHOT_DIR or the test's temporary directory."""
     folder = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
@@ -96,7 +106,7 @@ def test_form_builds_a_tag_that_round_trips(server: str, browser: webdriver.Chro
     field.send_keys(ENDPOINT)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
-    link = browser.find_element(By.ID, "link-tag").text  # waits for the result page
+    link = after_submit(browser, "link-tag").text
     header = browser.find_element(By.ID, "header-line").text
     assert parse_qs(urlsplit(browser.current_url).query) == {"endpoint": [ENDPOINT]}  # a shareable link
     assert browser.find_element(By.ID, "endpoint").get_attribute("value") == ENDPOINT
@@ -119,7 +129,7 @@ def test_bad_input_is_explained_not_executed(server: str, browser: webdriver.Chr
     browser.get(server + "/webmention")
     browser.find_element(By.ID, "endpoint").send_keys('javascript:alert("x")//<script>alert(1)</script>')
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    error = browser.find_element(By.ID, "endpoint-error").text
+    error = after_submit(browser, "endpoint-error").text
     assert "full URL" in error
     assert browser.find_elements(By.TAG_NAME, "script") == []
     assert browser.find_elements(By.ID, "link-tag") == []

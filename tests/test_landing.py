@@ -192,6 +192,9 @@ async def test_post_stays_xmlrpc_and_nothing_redirects() -> None:
         for path in ("/webmention/", "//", "/?forward=https://example.com/", "/webmention?endpoint=//x"):
             response = await client.get(path)
             assert not response.is_redirect and "location" not in response.headers
+        response = await client.put("/webmention")
+        assert response.status_code == 405
+        assert sorted(response.headers["allow"].split(", ")) == ["GET", "HEAD", "POST"]
 
 
 @pytest.mark.anyio

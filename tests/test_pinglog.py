@@ -162,11 +162,18 @@ async def test_app_logs_one_line_per_ping(caplog: pytest.LogCaptureFixture) -> N
     assert "\n" not in refused.text()
 
 
-@pytest.mark.parametrize("log_format", list(LogFormat))
-def test_served_log_lines(tmp_path: Path, log_format: LogFormat) -> None:
+@pytest.mark.parametrize(
+    ("log_format", "args", "env"),
+    [
+        (LogFormat.TEXT, [], {}),
+        (LogFormat.JSON, [], {"PINGFORWARD_LOG_FORMAT": "json"}),
+        (LogFormat.JSON, ["--log-format", "json"], {"PINGFORWARD_LOG_FORMAT": "text"}),
+    ],
+    ids=["default", "environment", "option-wins"],
+)
+def test_served_log_lines(tmp_path: Path, log_format: LogFormat, args: list[str], env: dict[str, str]) -> None:
     # A real server process; a missing forward parameter is answered without any outbound request.
-    env = {"PINGFORWARD_LOG_FORMAT": log_format.value}
-    with run_cli_server(tmp_path, env=env) as server:
+    with run_cli_server(tmp_path, *args, env=env) as server:
         response = httpx.post(
             server.base + "/webmention",
             content=ping_body("https://a.example/\nINFO forged"),
