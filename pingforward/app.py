@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -13,13 +14,14 @@ from urllib.parse import urlsplit
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pingforward import landing
-from pingforward.config import LogFormat, Settings
-from pingforward.forward import ForwardError, Outcome, forward, parse_forward
+from pingforward.config import ConfigError, LogFormat, Settings
+from pingforward.forward import ForwardError, HostLimiter, Outcome, forward, parse_forward
 from pingforward.pingback import (
     LIST_METHODS,
     METHODS,
@@ -27,13 +29,15 @@ from pingforward.pingback import (
     Call,
     Fault,
     FaultCode,
+    Ping,
     parse_call,
     ping_from_params,
     render_fault,
     render_response,
 )
 from pingforward.pinglog import PingLine, formatter, log_ping
-from pingforward.transport import make_client
+from pingforward.policy import Refused
+from pingforward.transport import VIA, make_client
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +51,14 @@ PAGE_HEADERS = {
 }
 
 
+# Real pingback bodies are under 1 KiB and arrive at once; a body still dripping in after this
+# long is an attack on the worker, not a ping.
+MAX_BODY_SECONDS = 5.0
+
+
 class State(TypedDict):
     client: httpx.AsyncClient
+    limiter: HostLimiter
 
 
 def _fault(code: FaultCode, message: str | None = None) -> Response:
@@ -78,18 +88,24 @@ def _log_ping(request: Request, forward_url: str, call: Call, outcome: Outcome, 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the ASGI app; settings come from the environment unless given."""
-    settings = settings or Settings.from_environ(os.environ)
+    if settings is None:
+        try:
+            settings = Settings.from_environ(os.environ)
+        except ConfigError as exc:
+            # A clear one-line reason in the platform's log instead of a traceback, and no start.
+            raise SystemExit(f"pingforward: bad configuration: {exc}") from None
     _configure_logging(settings.log_format)
-    policy = landing.instance_policy(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with make_client(settings) as client:
-            yield {"client": client}
+            yield {"client": client, "limiter": HostLimiter(settings.max_per_host)}
 
     async def xmlrpc(request: Request) -> Response:
         try:
             return await _xmlrpc(request, settings)
+        except HTTPException:  # 413 from the body limit: a transport-level answer
+            raise
         except Exception:  # a bug of ours; the sender still gets a well-formed fault
             logger.exception("internal error")
             return _fault(FaultCode.INTERNAL_ERROR)
@@ -99,7 +115,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def page(request: Request) -> Response:
         page_url = str(request.url.replace(query=""))
-        status, body = landing.render(page_url, request.query_params.get("endpoint"), policy)
+        status, body = landing.render(page_url, request.query_params.get("endpoint"), settings)
         return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
 
     async def endpoint(request: Request) -> Response:
@@ -120,8 +136,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 async def _xmlrpc(request: Request, settings: Settings) -> Response:
+    if VIA in request.headers.get("via", ""):
+        # Our own forward came back to us: a forward URL naming this proxy under another name.
+        return PlainTextResponse("Loop Detected", status_code=508)
     try:
-        call = parse_call(await request.body())
+        async with asyncio.timeout(min(settings.timeout, MAX_BODY_SECONDS)):
+            body = await request.body()
+    except TimeoutError:
+        return PlainTextResponse("Request Timeout", status_code=408, headers={"Connection": "close"})
+    try:
+        call = parse_call(body)
         if call.method == LIST_METHODS:
             return Response(render_response(METHODS), media_type=XML)
         if call.method != PINGBACK_PING:
@@ -134,18 +158,45 @@ async def _xmlrpc(request: Request, settings: Settings) -> Response:
     try:
         forward_url = parse_forward(request.scope["query_string"].decode("latin-1"))
         ping = ping_from_params(call.params)
+        # Checked here before anything is sent, and again by the client on every hop and connection.
+        settings.policy.check_url(forward_url)
+        if _points_at_us(forward_url, request):
+            raise Refused("the forward URL points at this proxy")
     except ForwardError as exc:
         outcome = Outcome(str(exc), FaultCode.GENERIC)
     except Fault as fault:
         outcome = Outcome(fault.message, fault.code)
+    except Refused as exc:
+        outcome = Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
     else:
-        client: httpx.AsyncClient = request.state.client
-        client_ip = request.client.host if request.client else ""
-        outcome = await forward(client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout)
+        outcome = await _forward(request, settings, ping, forward_url)
     _log_ping(request, forward_url, call, outcome, (time.perf_counter() - started) * 1000)
     if outcome.fault is None:
         return Response(render_response(outcome.text), media_type=XML)
     return _fault(outcome.fault, outcome.text)
+
+
+async def _forward(request: Request, settings: Settings, ping: Ping, forward_url: str) -> Outcome:
+    forward_host = urlsplit(forward_url).hostname or ""
+    limiter: HostLimiter = request.state.limiter
+    if not limiter.acquire(forward_host):
+        return Outcome(f"upstream: too many pings in flight to {forward_host}; retry later", FaultCode.UPSTREAM_ERROR)
+    try:
+        client_ip = request.client.host if request.client else ""
+        return await forward(request.state.client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout)
+    finally:
+        limiter.release(forward_host)
+
+
+def _points_at_us(url: str, request: Request) -> bool:
+    target = urlsplit(url)
+    return (target.hostname, target.port or _PORTS[target.scheme]) == (
+        request.url.hostname,
+        request.url.port or _PORTS.get(request.url.scheme, 80),
+    )
+
+
+_PORTS = {"http": 80, "https": 443}
 
 
 def _configure_logging(log_format: LogFormat) -> None:

@@ -1,7 +1,8 @@
 """`pingforward check`: does a page advertise its pingback endpoint so that senders forward it right?
 
 `analyze` and the discovery functions are pure and table-tested; `fetch_page`, `send_test_ping` and
-`check` are the I/O, always through an `httpx.AsyncClient` from `transport.make_client`.
+`check` are the I/O, always through an `httpx.AsyncClient` from `transport.make_client`, whose address
+policy applies here too (PINGFORWARD_ALLOW_PRIVATE_NETWORKS=true to check a site on a private network).
 Specs: https://www.hixie.ch/specs/pingback/pingback#TOC2 (discovery) and
 https://www.w3.org/TR/webmention/#sender-discovers-receiver-webmention-endpoint.
 """
@@ -20,6 +21,7 @@ import httpx
 
 from pingforward.forward import ForwardError, parse_forward
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
+from pingforward.policy import Refused
 
 MAX_PAGE: Final = 1024 * 1024
 MAX_ANSWER: Final = 64 * 1024
@@ -310,10 +312,16 @@ async def fetch_page(client: httpx.AsyncClient, url: str) -> Page:
 
 async def send_test_ping(client: httpx.AsyncClient, endpoint: str, ping: Ping) -> Finding:
     """Send `ping` to the pingback `endpoint` as WordPress would and judge the answer."""
+    request = client.build_request("POST", endpoint, content=render_call(ping), headers={"Content-Type": "text/xml"})
+    # The client marks forwards with `Via: 1.1 pingforward` so that a proxy refuses its own (508);
+    # this is a sender's call to the proxy, not a forward.
+    del request.headers["via"]
     try:
-        response = await client.post(endpoint, content=render_call(ping), headers={"Content-Type": "text/xml"})
+        response = await client.send(request)
     except httpx.HTTPError as exc:
         return Finding(Verdict.FAIL, f"test ping: could not reach {endpoint}: {type(exc).__name__}")
+    except Refused as exc:
+        return Finding(Verdict.FAIL, f"test ping: not sent to {endpoint}: {exc.reason}")
     return judge_ping(response.status_code, response.content[:MAX_ANSWER])
 
 
@@ -323,6 +331,8 @@ async def check(client: httpx.AsyncClient, url: str, *, ping: bool = False, sour
         page = await fetch_page(client, url)
     except httpx.HTTPError as exc:
         return Analysis((Finding(Verdict.FAIL, f"could not fetch {url}: {type(exc).__name__} {exc}"),), None)
+    except Refused as exc:  # the address policy of make_client applies to this command too
+        return Analysis((Finding(Verdict.FAIL, f"did not fetch {url}: {exc.reason}"),), None)
     analysis = analyze(page)
     findings: Sequence[Finding] = analysis.findings
     if not ping:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, TypeVar
+
+from pingforward.policy import DEFAULT_PORTS, Policy
 
 PREFIX: Final = "PINGFORWARD_"
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_MAX_BODY: Final = 65536
+DEFAULT_MAX_PER_HOST: Final = 20
 T = TypeVar("T")
 
 
@@ -22,11 +25,46 @@ class ConfigError(ValueError):
     """A `PINGFORWARD_*` variable has a value we cannot use; the message names it."""
 
 
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
+def _ports(raw: str) -> frozenset[int] | None:
+    if raw == "*":
+        return None
+    ports = frozenset(int(item) for item in raw.split(",") if item.strip())
+    if not ports or not all(0 < port < 65536 for port in ports):
+        raise ValueError(raw)
+    return ports
+
+
+def _hosts(raw: str) -> frozenset[str]:
+    hosts = frozenset(item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip())
+    for host in hosts:
+        name = host.removeprefix("*.")
+        if not name or "*" in name or "/" in name or ":" in name or " " in name:
+            raise ValueError(raw)
+    return hosts
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     timeout: float = DEFAULT_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
+    allowed_hosts: frozenset[str] = frozenset()
+    allowed_ports: frozenset[int] | None = field(default=DEFAULT_PORTS)
+    allow_private_networks: bool = False
+    max_per_host: int = DEFAULT_MAX_PER_HOST
     log_format: LogFormat = LogFormat.TEXT
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.allowed_hosts, self.allowed_ports, self.allow_private_networks)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -49,12 +87,25 @@ class Settings:
                 raise ConfigError(f"{key}: {rule}, got {raw!r}")
             return value
 
+        def anything(value: object) -> bool:
+            return True
+
+        default_ports: frozenset[int] | None = DEFAULT_PORTS
+
         return cls(
             timeout=read("timeout", float, DEFAULT_TIMEOUT, lambda v: 0 < v <= 300, "must be seconds, > 0 and <= 300"),
             max_body=read(
                 "max_body", int, DEFAULT_MAX_BODY, lambda v: 1024 <= v <= 10_000_000, "must be bytes, 1024 to 10000000"
             ),
+            allowed_hosts=read(
+                "allowed_hosts", _hosts, frozenset(), anything, "must be a comma list of host names or *.domain"
+            ),
+            allowed_ports=read(
+                "allowed_ports", _ports, default_ports, anything, "must be a comma list of ports 1-65535, or *"
+            ),
+            allow_private_networks=read("allow_private_networks", _bool, False, anything, "must be true or false"),
+            max_per_host=read("max_per_host", int, DEFAULT_MAX_PER_HOST, lambda v: v >= 1, "must be an integer >= 1"),
             log_format=read(
-                "log_format", lambda v: LogFormat(v.lower()), LogFormat.TEXT, lambda v: True, "must be text or json"
+                "log_format", lambda v: LogFormat(v.lower()), LogFormat.TEXT, anything, "must be text or json"
             ),
         )

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 import httpx
 
 from pingforward.pingback import FaultCode, Ping, is_http_url
+from pingforward.policy import Refused
 
 MAX_FORWARD_URL: Final = 2048
 MAX_ANSWER: Final = 64 * 1024
@@ -120,12 +121,34 @@ def classify(ping: Ping, status: int, body: bytes, location: str | None = None) 
     described = f"{name}: {detail}" if name and detail else name or detail
     if name in ERROR_NAMES:
         return Outcome(described, ERROR_NAMES[name], status)
+    if 200 <= status < 300:
+        return Outcome(described, FaultCode.GENERIC, status)
     if status in (401, 403):
         return Outcome(f"HTTP {status} {described}".strip(), FaultCode.ACCESS_DENIED, status)
     if status == 429 or status >= 500 or 300 <= status < 400:
         # Pingback 1.0: 0x0032 "SHOULD be used by pingback proxies when propagating errors".
         return Outcome(f"upstream: HTTP {status} {described}".strip(), FaultCode.UPSTREAM_ERROR, status)
     return Outcome(f"HTTP {status} {described}".strip(), FaultCode.GENERIC, status)
+
+
+class HostLimiter:
+    """Counts pings in flight per forward host, so one flood cannot hold every connection."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active: dict[str, int] = {}
+
+    def acquire(self, host: str) -> bool:
+        count = self._active.get(host, 0)
+        if count >= self.limit:
+            return False
+        self._active[host] = count + 1
+        return True
+
+    def release(self, host: str) -> None:
+        count = self._active.pop(host) - 1
+        if count:
+            self._active[host] = count
 
 
 def _upstream(reason: str, status: int | None = None) -> Outcome:
@@ -145,6 +168,8 @@ async def forward(client: httpx.AsyncClient, ping: Ping, url: str, *, client_ip:
     try:
         async with asyncio.timeout(timeout):
             return await _post(client, url, body, headers, ping)
+    except Refused as exc:
+        return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
     except (TimeoutError, httpx.TimeoutException):
         return _upstream(f"no answer within {timeout:g} s")
     except httpx.ConnectError:

@@ -15,9 +15,10 @@ from typing import Final
 from urllib.parse import quote, urlsplit
 
 from pingforward import PROJECT_URL, __version__
-from pingforward.config import DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, Settings
+from pingforward.config import Settings
 from pingforward.forward import ERROR_NAMES, MAX_FORWARD_URL, ForwardError, parse_forward
 from pingforward.pingback import FaultCode, is_http_url
+from pingforward.policy import Policy, Refused
 
 
 class Html(str):
@@ -26,27 +27,6 @@ class Html(str):
 
 def _fill(template: Template, **values: str) -> Html:
     return Html(template.substitute({k: v if isinstance(v, Html) else html.escape(v) for k, v in values.items()}))
-
-
-@dataclass(frozen=True, slots=True)
-class InstancePolicy:
-    """What this instance forwards to, as the page shows it."""
-
-    allowed_hosts: tuple[str, ...] = ()  # empty: any host
-    allowed_ports: tuple[int, ...] = ()  # empty: not shown
-    allow_private_networks: bool | None = None  # None: not shown
-    timeout: float = DEFAULT_TIMEOUT
-    max_body: int = DEFAULT_MAX_BODY
-
-    def allows_host(self, host: str) -> bool:
-        return not self.allowed_hosts or host.lower().rstrip(".") in self.allowed_hosts
-
-
-def instance_policy(settings: Settings) -> InstancePolicy:
-    """The policy view of `settings`."""
-    # HOOK (issue 6): the address-policy settings (allowed_hosts, allowed_ports, allow_private_networks)
-    # are being added to Settings on main; pass them through here once they exist.
-    return InstancePolicy(timeout=settings.timeout, max_body=settings.max_body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +51,7 @@ class EndpointError(ValueError):
     """The endpoint typed into the form cannot be forwarded to; the message says why."""
 
 
-def tags_for(page_url: str, endpoint: str, policy: InstancePolicy) -> Tags:
+def tags_for(page_url: str, endpoint: str, policy: Policy) -> Tags:
     """The tags for forwarding to `endpoint` through the instance at `page_url`, or raise `EndpointError`."""
     endpoint = endpoint.strip()
     if not endpoint:
@@ -91,8 +71,10 @@ def tags_for(page_url: str, endpoint: str, policy: InstancePolicy) -> Tags:
         raise EndpointError(f"The host name {host} is not valid.")
     if parts.username is not None:
         raise EndpointError("The URL contains a user name or password; pingforward does not send credentials.")
-    if not policy.allows_host(host):
-        raise EndpointError(f"This instance does not forward to {host}; see the allowed hosts below.")
+    try:  # the same rules the proxy applies before forwarding; host names are not resolved here
+        policy.check_url(endpoint)
+    except Refused as exc:
+        raise EndpointError(f"This instance does not forward there: {exc.reason}.") from None
     # The forward URL is percent-encoded whole, so its own `&`, `#` and `+` survive the trip.
     tags = Tags(f"{page_url}?forward={quote(endpoint, safe='')}")
     try:  # the proxy must read back exactly what was typed
@@ -137,25 +119,25 @@ def _fault_rows(codes: Iterable[FaultCode]) -> Html:
 
 _POLICY: Final = Template("""<ul>
 <li>Forwards to: $hosts</li>
-$ports$private<li>Your endpoint gets $timeout seconds to answer; requests larger than $max_body bytes are refused.</li>
+<li>Ports: $ports</li>
+<li>Addresses in private networks: $private</li>
+<li>Your endpoint gets $timeout seconds to answer; requests larger than $max_body bytes are refused.</li>
 </ul>""")
 
 
-def _policy(policy: InstancePolicy) -> Html:
-    if policy.allowed_hosts:
-        hosts = ", ".join(policy.allowed_hosts)
+def _policy(settings: Settings) -> Html:
+    if settings.allowed_hosts:
+        hosts = ", ".join(sorted(settings.allowed_hosts))
     else:
-        hosts = "any public host" if policy.allow_private_networks is False else "any host"
-    ports, private = Html(""), Html("")
-    if policy.allowed_ports:
-        ports = _fill(Template("<li>Ports: $ports</li>\n"), ports=", ".join(map(str, policy.allowed_ports)))
-    if policy.allow_private_networks is not None:
-        private = _fill(
-            Template("<li>Addresses in private networks: $private</li>\n"),
-            private="allowed" if policy.allow_private_networks else "refused",
-        )
+        hosts = "any host" if settings.allow_private_networks else "any public host"
+    ports = "any" if settings.allowed_ports is None else ", ".join(map(str, sorted(settings.allowed_ports)))
     return _fill(
-        _POLICY, hosts=hosts, ports=ports, private=private, timeout=f"{policy.timeout:g}", max_body=str(policy.max_body)
+        _POLICY,
+        hosts=hosts,
+        ports=ports,
+        private="allowed" if settings.allow_private_networks else "refused",
+        timeout=f"{settings.timeout:g}",
+        max_body=str(settings.max_body),
     )
 
 
@@ -281,12 +263,12 @@ $policy
 """)
 
 
-def render(page_url: str, endpoint: str | None, policy: InstancePolicy) -> tuple[int, str]:
+def render(page_url: str, endpoint: str | None, settings: Settings) -> tuple[int, str]:
     """The page at `page_url` (no query), with tags for `endpoint` if one was submitted: (status, html)."""
     result, error = Html(""), Html("")
     if endpoint is not None:
         try:
-            tags = tags_for(page_url, endpoint, policy)
+            tags = tags_for(page_url, endpoint, settings.policy)
         except EndpointError as exc:
             error = _fill(_ERROR, message=str(exc))
         else:
@@ -300,7 +282,7 @@ def render(page_url: str, endpoint: str | None, policy: InstancePolicy) -> tuple
         error=error,
         result=result,
         faults=_fault_rows(FaultCode),
-        policy=_policy(policy),
+        policy=_policy(settings),
         version=__version__,
         project=PROJECT_URL,
     )

@@ -3,6 +3,69 @@ from __future__ import annotations
 import pytest
 
 from pingforward.config import ConfigError, LogFormat, Settings
+from pingforward.policy import DEFAULT_PORTS
+
+
+def test_defaults() -> None:
+    settings = Settings.from_environ({"PATH": "/usr/bin", "PORT": "5000"})
+    assert settings == Settings()
+    assert (settings.timeout, settings.max_body, settings.allowed_ports) == (10.0, 65536, DEFAULT_PORTS)
+    assert settings.allow_private_networks is False
+
+
+def test_values() -> None:
+    settings = Settings.from_environ(
+        {
+            "PINGFORWARD_TIMEOUT": "2.5",
+            "PINGFORWARD_MAX_BODY": "4096",
+            "PINGFORWARD_ALLOWED_HOSTS": "Site.example., *.blog.example",
+            "PINGFORWARD_ALLOWED_PORTS": "443, 8443",
+            "PINGFORWARD_ALLOW_PRIVATE_NETWORKS": "true",
+            "PINGFORWARD_MAX_PER_HOST": "3",
+        }
+    )
+    assert settings == Settings(
+        timeout=2.5,
+        max_body=4096,
+        allowed_hosts=frozenset({"site.example", "*.blog.example"}),
+        allowed_ports=frozenset({443, 8443}),
+        allow_private_networks=True,
+        max_per_host=3,
+    )
+    assert Settings.from_environ({"PINGFORWARD_ALLOWED_PORTS": "*"}).allowed_ports is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PINGFORWARD_TIMEOUT", "ten"),
+        ("PINGFORWARD_TIMEOUT", "0"),
+        ("PINGFORWARD_TIMEOUT", "-1"),
+        ("PINGFORWARD_TIMEOUT", "nan"),
+        ("PINGFORWARD_TIMEOUT", "inf"),
+        ("PINGFORWARD_MAX_BODY", "64k"),
+        ("PINGFORWARD_MAX_BODY", "10"),
+        ("PINGFORWARD_ALLOWED_PORTS", "80,http"),
+        ("PINGFORWARD_ALLOWED_PORTS", "0"),
+        ("PINGFORWARD_ALLOWED_PORTS", ","),
+        ("PINGFORWARD_ALLOWED_HOSTS", "https://site.example/"),
+        ("PINGFORWARD_ALLOWED_HOSTS", "*"),
+        ("PINGFORWARD_ALLOW_PRIVATE_NETWORKS", "maybe"),
+        ("PINGFORWARD_MAX_PER_HOST", "0"),
+        ("PINGFORWARD_TIMEOUTS", "10"),  # a typo must not be ignored silently
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        Settings.from_environ({name: value})
+
+
+def test_app_refuses_to_start_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pingforward.app import create_app
+
+    monkeypatch.setenv("PINGFORWARD_MAX_BODY", "lots")
+    with pytest.raises(SystemExit, match="^pingforward: bad configuration: PINGFORWARD_MAX_BODY: "):
+        create_app()
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import re
 import xmlrpc.client
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.provisional import urls
@@ -15,12 +17,14 @@ from hypothesis.provisional import urls
 from pingforward.app import create_app
 from pingforward.config import Settings
 from pingforward.forward import parse_forward
-from pingforward.landing import EndpointError, InstancePolicy, render, tags_for
+from pingforward.landing import EndpointError, render, tags_for
 from pingforward.pingback import FaultCode
-from tests.servers import app_client, run_cli_server
+from pingforward.policy import Policy
+from tests.servers import run_cli_server
 
 PAGE = "https://pf.example/"
-OPEN = InstancePolicy()
+OPEN = Policy()
+SITES = Settings(allowed_hosts=frozenset({"webmention.io", "*.site.example"}))
 
 # (typed endpoint, the link element the page must show)
 TAGS = [
@@ -86,41 +90,57 @@ def test_any_url_round_trips(url: str) -> None:
 
 @given(st.text(max_size=300))
 def test_any_input_gets_an_answer(endpoint: str) -> None:
-    status, page = render(PAGE, endpoint, OPEN)
+    status, page = render(PAGE, endpoint, Settings())
     assert status in (200, 400)
     assert ('id="link-tag"' in page) is (status == 200)
     assert "<script" not in page
 
 
-def test_allowed_hosts() -> None:
-    policy = InstancePolicy(allowed_hosts=("webmention.io",))
-    assert tags_for(PAGE, "https://WEBMENTION.io/x/webmention", policy).href.startswith(PAGE)
-    with pytest.raises(EndpointError, match="does not forward to example.com"):
-        tags_for(PAGE, "https://example.com/webmention", policy)
+# (settings, typed endpoint, words the explanation must contain; None: tags are shown)
+POLICED = [
+    pytest.param(Settings(), "http://127.0.0.1/wm", "loopback address 127.0.0.1", id="loopback"),
+    pytest.param(Settings(), "http://[::ffff:10.0.0.1]/wm", "private (wrapped in IPv6) address", id="mapped-private"),
+    pytest.param(Settings(), "https://example.com:9000/wm", "port 9000 is not allowed", id="port"),
+    pytest.param(Settings(allowed_ports=None), "https://example.com:9000/wm", None, id="any-port"),
+    pytest.param(Settings(allow_private_networks=True), "http://127.0.0.1/wm", None, id="private-allowed"),
+    pytest.param(SITES, "https://WEBMENTION.io/x/webmention", None, id="allowed-host"),
+    pytest.param(SITES, "https://blog.site.example/wm", None, id="allowed-pattern"),
+    pytest.param(SITES, "https://example.com/webmention", "host example.com is not allowed", id="other-host"),
+]
+
+
+@pytest.mark.parametrize(("settings", "endpoint", "words"), POLICED)
+def test_policy_applies_to_the_form(settings: Settings, endpoint: str, words: str | None) -> None:
+    status, page = render(PAGE, endpoint, settings)
+    link, _, error = page_parts(page)
+    if words is None:
+        assert (status, error) == (200, None) and link is not None
+    else:
+        assert status == 400 and link is None and error is not None and words in error
 
 
 def test_policy_rendered() -> None:
-    policy = InstancePolicy(
-        allowed_hosts=("webmention.io", "<b>x</b>"),
-        allowed_ports=(443,),
-        allow_private_networks=False,
+    settings = Settings(
+        allowed_hosts=frozenset({"webmention.io", "<b>x</b>"}),
+        allowed_ports=frozenset({443}),
         timeout=2.5,
         max_body=4096,
     )
-    status, page = render(PAGE, None, policy)
+    status, page = render(PAGE, None, settings)
     assert status == 200
-    assert "Forwards to: webmention.io, &lt;b&gt;x&lt;/b&gt;</li>" in page
+    assert "<li>Forwards to: &lt;b&gt;x&lt;/b&gt;, webmention.io</li>" in page
     assert "<li>Ports: 443</li>" in page
     assert "<li>Addresses in private networks: refused</li>" in page
     assert "2.5 seconds" in page and "4096 bytes" in page
-    _, page = render(PAGE, None, OPEN)
-    assert "Forwards to: any host</li>" in page and "Ports:" not in page and "private networks" not in page
-    _, page = render(PAGE, None, InstancePolicy(allow_private_networks=False))
-    assert "Forwards to: any public host</li>" in page
+    _, page = render(PAGE, None, Settings())
+    assert "<li>Forwards to: any public host</li>" in page and "<li>Ports: 80, 443, 8080, 8443</li>" in page
+    _, page = render(PAGE, None, Settings(allowed_ports=None, allow_private_networks=True))
+    assert "<li>Forwards to: any host</li>" in page and "<li>Ports: any</li>" in page
+    assert "<li>Addresses in private networks: allowed</li>" in page
 
 
 def test_fault_table_lists_every_code() -> None:
-    _, page = render(PAGE, None, OPEN)
+    _, page = render(PAGE, None, Settings())
     rows = re.findall(r'<tr><th scope="row">(-?\d+)</th><td>([^<]*)</td><td class="names"[^>]*>([^<]*)</td>', page)
     assert [int(code) for code, _, _ in rows] == [int(code) for code in FaultCode]
     assert ("17", FaultCode.NO_LINK.message, "no_link_found") in rows
@@ -129,10 +149,10 @@ def test_fault_table_lists_every_code() -> None:
 
 def test_injection_is_escaped() -> None:
     hostile = '"><script>alert(1)</script><input value="'
-    status, page = render(PAGE, hostile, OPEN)
+    status, page = render(PAGE, hostile, Settings())
     assert status == 400
     assert "<script>" not in page and 'value="&quot;&gt;&lt;script&gt;' in page
-    status, page = render(PAGE, "https://e.example/" + hostile.replace(" ", ""), OPEN)
+    status, page = render(PAGE, "https://e.example/" + hostile.replace(" ", ""), Settings())
     assert status == 200 and "<script>" not in page
     assert "%3Cscript%3E" in page  # percent-encoded inside the tag
 
@@ -149,8 +169,11 @@ def page_parts(html: str) -> tuple[str | None, str | None, str | None]:
     )
 
 
-def page_client(base: str = "https://pf.example") -> AbstractAsyncContextManager[httpx.AsyncClient]:
-    return app_client(create_app(Settings()), base)
+@asynccontextmanager
+async def page_client(base: str = "https://pf.example") -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(create_app(Settings())) as manager:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url=base) as client:
+            yield client
 
 
 @pytest.mark.anyio

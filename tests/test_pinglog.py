@@ -11,11 +11,10 @@ import httpx
 import pytest
 import respx
 
-from pingforward.app import create_app
-from pingforward.config import LogFormat, Settings
+from pingforward.config import LogFormat
 from pingforward.pingback import FaultCode
 from pingforward.pinglog import JsonFormatter, PingLine, TextFormatter, log_ping
-from tests.servers import app_client, run_cli_server
+from tests.servers import run_cli_server
 
 LINE = PingLine(
     client="203.0.113.9",
@@ -130,18 +129,18 @@ def ping_body(source: str = "https://a.example/post", target: str = "https://b.e
 
 
 @pytest.mark.anyio
-async def test_app_logs_one_line_per_ping(caplog: pytest.LogCaptureFixture) -> None:
+async def test_app_logs_one_line_per_ping(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pingforward")
-    with respx.mock(assert_all_called=True) as mock:
-        mock.post("https://wm.example/endpoint").respond(202, json={"result": "queued"})
-        async with app_client(create_app(Settings())) as client:
-            await client.post(
-                "/?forward=https%3A%2F%2Fwm.example%2Fendpoint",
-                content=ping_body(),
-                headers={"X-Request-Id": "req-1", "User-Agent": "WordPress/6.5"},
-            )
-            await client.post("/", content=ping_body("https://a.example/\nINFO forged"))
-            await client.post("/", content=xmlrpc.client.dumps((), "system.listMethods"))
+    respx_mock.post("https://wm.example/endpoint").respond(202, json={"result": "queued"})
+    await client.post(
+        "/?forward=https%3A%2F%2Fwm.example%2Fendpoint",
+        content=ping_body(),
+        headers={"X-Request-Id": "req-1", "User-Agent": "WordPress/6.5"},
+    )
+    await client.post("/", content=ping_body("https://a.example/\nINFO forged"))
+    await client.post("/", content=xmlrpc.client.dumps((), "system.listMethods"))
     lines = [r.__dict__["ping"] for r in caplog.records if "ping" in r.__dict__]
     assert len(lines) == 2  # listMethods is not a ping
     delivered, refused = lines

@@ -1,0 +1,224 @@
+"""HTTP behaviour of the app over ASGI; outbound HTTP is respx only."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import xmlrpc.client
+from urllib.parse import quote
+
+import httpx
+import pytest
+import respx
+
+from pingforward import app as app_module
+from pingforward.config import Settings
+from pingforward.pingback import FaultCode
+from tests.conftest import load
+
+ENDPOINT = "https://site.example/webmention"
+FORWARD = "?forward=" + quote(ENDPOINT, safe="")
+SOURCE = "https://blog.example/post"
+TARGET = "https://site.example/notes/42"
+
+
+def ping_body(source: str = SOURCE, target: str = TARGET) -> bytes:
+    return xmlrpc.client.dumps((source, target), "pingback.ping").encode()
+
+
+def read(response: httpx.Response) -> str | tuple[int, str]:
+    """The XML-RPC answer: the success string, or (faultCode, faultString). Checks the envelope."""
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/xml; charset=utf-8"
+    assert response.content.startswith(b"<?xml")
+    # WordPress's IXR strips the declaration, trims, and needs the root to start right there.
+    assert response.content.split(b"?>", 1)[1].lstrip().startswith(b"<methodResponse>")
+    try:
+        (value,), _ = xmlrpc.client.loads(response.content)
+    except xmlrpc.client.Fault as fault:
+        assert f"<int>{fault.faultCode}</int>".encode() in response.content
+        assert fault.faultString
+        return fault.faultCode, fault.faultString
+    assert b"<string>" in response.content and value
+    return str(value)
+
+
+def fault(response: httpx.Response) -> tuple[int, str]:
+    answer = read(response)
+    assert isinstance(answer, tuple), answer
+    return answer
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/", "/webmention"])
+@pytest.mark.parametrize("content_type", ["text/xml", "application/xml", "application/octet-stream", None])
+async def test_ping_is_forwarded(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, path: str, content_type: str | None
+) -> None:
+    route = respx_mock.post(ENDPOINT).respond(202, json={"result": "Queued"})
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = await client.post(path + FORWARD, content=ping_body(), headers=headers)
+    assert read(response) == "Queued"
+    sent = route.calls.last.request
+    assert dict(httpx.QueryParams(sent.content.decode())) == {"source": SOURCE, "target": TARGET}
+    assert sent.headers["original-remote-addr"] == "203.0.113.7"
+
+
+@pytest.mark.anyio
+async def test_wordpress_body_with_amp_in_query(client: httpx.AsyncClient, respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(ENDPOINT).respond(200)
+    url = "/?lang=en&amp;forward=" + quote(ENDPOINT, safe="")
+    response = await client.post(url, content=load("pingback/wordpress.xml"), headers={"Content-Type": "text/xml"})
+    assert isinstance(read(response), str)
+    assert httpx.QueryParams(route.calls.last.request.content.decode())["source"].endswith("lang=en's")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "json", "expected"),
+    [
+        (400, {"error": "source_not_found"}, FaultCode.SOURCE_NOT_FOUND),
+        (400, {"error": "no_link_found"}, FaultCode.NO_LINK),
+        (400, {"error": "target_not_found"}, FaultCode.TARGET_NOT_FOUND),
+        (400, {"error": "target_not_supported"}, FaultCode.TARGET_NOT_PINGABLE),
+        (400, {"error": "already_registered"}, FaultCode.ALREADY_REGISTERED),
+        (403, {}, FaultCode.ACCESS_DENIED),
+        (503, {}, FaultCode.UPSTREAM_ERROR),
+        (400, {"error": "invalid_request"}, FaultCode.GENERIC),
+    ],
+)
+async def test_receiver_errors_reach_the_client_as_fault_codes(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, status: int, json: dict[str, str], expected: FaultCode
+) -> None:
+    respx_mock.post(ENDPOINT).respond(status, json=json)
+    code, _ = fault(await client.post("/" + FORWARD, content=ping_body()))
+    assert code == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("query", "body", "expected"),
+    [
+        ("", ping_body(), (0, "Missing 'forward' parameter")),
+        ("?forward=ftp%3A%2F%2Fsite.example%2F", ping_body(), (0, "Invalid 'forward' parameter")),
+        (FORWARD, b"<methodCall>", FaultCode.PARSE_ERROR),
+        (FORWARD, load("pingback/methodresponse.xml"), FaultCode.INVALID_XMLRPC),
+        (FORWARD, ping_body("nope"), FaultCode.SOURCE_NOT_FOUND),
+        (FORWARD, ping_body(SOURCE, "nope"), FaultCode.TARGET_NOT_PINGABLE),
+        (FORWARD, xmlrpc.client.dumps((SOURCE,), "pingback.ping").encode(), FaultCode.INVALID_PARAMS),
+        (FORWARD, xmlrpc.client.dumps((1, 2), "pingback.ping").encode(), FaultCode.INVALID_PARAMS),
+        ("?forward=" + quote("http://127.0.0.1/wm", safe=""), ping_body(), FaultCode.ACCESS_DENIED),
+        ("?forward=" + quote("https://proxy.test/webmention", safe=""), ping_body(), FaultCode.ACCESS_DENIED),
+    ],
+)
+async def test_bad_requests_get_faults_and_nothing_is_sent(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, query: str, body: bytes, expected: object
+) -> None:
+    answer = read(await client.post("/" + query, content=body))
+    assert isinstance(answer, tuple)
+    assert answer == expected if isinstance(expected, tuple) else answer[0] == expected
+    assert not respx_mock.calls
+
+
+@pytest.mark.anyio
+async def test_unknown_method_is_named(client: httpx.AsyncClient) -> None:
+    body = xmlrpc.client.dumps((SOURCE, TARGET), "weblogUpdates.ping").encode()
+    code, message = fault(await client.post("/" + FORWARD, content=body))
+    assert code == FaultCode.METHOD_NOT_FOUND and "weblogUpdates.ping" in message
+
+
+@pytest.mark.anyio
+async def test_list_methods(client: httpx.AsyncClient) -> None:
+    body = xmlrpc.client.dumps((), "system.listMethods").encode()
+    response = await client.post("/", content=body)
+    assert xmlrpc.client.loads(response.content)[0] == (["pingback.ping", "system.listMethods"],)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "OPTIONS"])
+@pytest.mark.parametrize("path", ["/" + FORWARD, "/webmention" + FORWARD])
+async def test_other_methods_never_redirect(client: httpx.AsyncClient, method: str, path: str) -> None:
+    response = await client.request(method, path)
+    assert response.status_code in (200, 405)
+    assert "location" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_trailing_slash_is_not_redirected(client: httpx.AsyncClient) -> None:
+    response = await client.post("/webmention/" + FORWARD, content=ping_body())
+    assert response.status_code == 404 and "location" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert (response.status_code, response.text) == (200, "ok")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("settings", [Settings(max_body=2048)])
+async def test_oversized_body_is_413(client: httpx.AsyncClient, respx_mock: respx.MockRouter) -> None:
+    body = ping_body() + b" " * 4096
+    assert (await client.post("/" + FORWARD, content=body)).status_code == 413
+
+    async def chunked() -> object:
+        for _ in range(10):
+            yield b" " * 1000
+
+    assert (await client.post("/" + FORWARD, content=chunked())).status_code == 413  # type: ignore[arg-type]
+    assert not respx_mock.calls
+
+
+@pytest.mark.anyio
+async def test_our_own_forward_coming_back_is_a_loop(client: httpx.AsyncClient, respx_mock: respx.MockRouter) -> None:
+    response = await client.post("/" + FORWARD, content=ping_body(), headers={"Via": "1.1 vegur, 1.1 pingforward"})
+    assert response.status_code == 508
+    assert not respx_mock.calls
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("settings", [Settings(max_per_host=1)])
+async def test_per_host_cap(client: httpx.AsyncClient, respx_mock: respx.MockRouter) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        await release.wait()
+        return httpx.Response(202)
+
+    respx_mock.post(ENDPOINT).mock(side_effect=slow)
+    first = asyncio.create_task(client.post("/" + FORWARD, content=ping_body()))
+    await asyncio.wait_for(entered.wait(), 5)
+    code, message = fault(await client.post("/" + FORWARD, content=ping_body()))
+    assert code == FaultCode.UPSTREAM_ERROR and "retry later" in message
+    release.set()
+    assert isinstance(read(await first), str)
+    assert isinstance(read(await client.post("/" + FORWARD, content=ping_body())), str)  # the slot came back
+
+
+@pytest.mark.anyio
+async def test_internal_error_is_a_fault_without_details(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(app_module, "forward", broken)
+    code, message = fault(await client.post("/" + FORWARD, content=ping_body()))
+    assert code == FaultCode.INTERNAL_ERROR and "secret" not in message
+    assert "secret internal detail" in caplog.text  # the operator still sees it
+
+
+@pytest.mark.anyio
+async def test_one_log_line_per_ping_with_escaped_values(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    respx_mock.post(ENDPOINT).respond(400, json={"error": "no_link_found"})
+    caplog.set_level(logging.INFO, logger="pingforward")
+    # Control characters are refused as URLs; these two pass that check but break lines in some viewers.
+    await client.post("/" + FORWARD, content=ping_body(SOURCE + "?x=\u2028FAKE\x85LINE", TARGET))
+    (record,) = [r for r in caplog.records if r.name == "pingforward.app"]
+    line = record.getMessage()
+    assert line.isprintable() and "\\u2028FAKE\\u0085LINE" in line
+    for part in ("client=203.0.113.7", "forward_host=site.example", "status=400", "outcome=17", "ms="):
+        assert part in line

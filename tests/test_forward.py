@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import respx
+
+from pingforward.config import Settings
+from pingforward.forward import (
+    INVALID_FORWARD,
+    MAX_ANSWER,
+    MISSING_FORWARD,
+    ForwardError,
+    HostLimiter,
+    Outcome,
+    classify,
+    forward,
+    parse_forward,
+)
+from pingforward.pingback import FaultCode, Ping
+from pingforward.transport import make_client
+
+PING = Ping("https://blog.example/post", "https://site.example/notes/42")
+DEFAULT_OK = "Pingback from https://blog.example/post to https://site.example/notes/42 was successful!"
+ENDPOINT = "https://site.example/webmention"
+
+
+# Raw query string -> forward URL, or the fault 0 message.
+FORWARD_CASES = [
+    ("forward=https%3A%2F%2Fsite.example%2Fwebmention", "https://site.example/webmention"),
+    ("forward=https://site.example/webmention", "https://site.example/webmention"),
+    ("forward=https%3A%2F%2Fsite.example%2Fwm%3Fkey%3D1%26x%3D2", "https://site.example/wm?key=1&x=2"),
+    ("a=1&amp;forward=https%3A%2F%2Fsite.example%2Fwm", "https://site.example/wm"),  # WordPress's &amp;
+    ("forward=%20https%3A%2F%2Fsite.example%2Fwm%20", "https://site.example/wm"),
+    ("", MISSING_FORWARD),
+    ("foo=bar", MISSING_FORWARD),
+    ("forward=", INVALID_FORWARD),
+    ("forward=ftp%3A%2F%2Fsite.example%2F", INVALID_FORWARD),
+    ("forward=%2Fwebmention", INVALID_FORWARD),
+    ("forward=https%3A%2F%2Fuser%3Apass%40site.example%2F", INVALID_FORWARD),
+    ("forward=https%3A%2F%2Fa.example%2F&forward=https%3A%2F%2Fb.example%2F", INVALID_FORWARD),
+    ("forward=https%3A%2F%2Fsite.example%2F" + "a" * 2100, INVALID_FORWARD),
+    ("forward=https%3A%2F%2F", INVALID_FORWARD),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), FORWARD_CASES)
+def test_parse_forward(query: str, expected: str) -> None:
+    if expected in (MISSING_FORWARD, INVALID_FORWARD):
+        with pytest.raises(ForwardError, match=expected):
+            parse_forward(query)
+    else:
+        assert parse_forward(query) == expected
+
+
+def j(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+# The receiver's final answer (status, body, Location) -> what the pinging blog is told.
+CLASSIFY_CASES = [
+    # Webmention §3.1.3: any 2xx is a success.
+    (202, j(result="Webmention queued"), None, Outcome("Webmention queued", None, 202)),
+    (202, b"", None, Outcome(DEFAULT_OK, None, 202)),
+    (202, b"<html>Accepted</html>", None, Outcome(DEFAULT_OK, None, 202)),
+    (
+        200,
+        j(code="success", message="Webmention was successful"),
+        None,
+        Outcome("Webmention was successful", None, 200),
+    ),
+    (202, j(code="scheduled", message="Webmention is scheduled"), None, Outcome("Webmention is scheduled", None, 202)),
+    (
+        201,
+        j(status="queued", summary="Webmention was queued for processing", location="https://wm.example/s/1"),
+        "https://wm.example/s/1",
+        Outcome("Webmention was queued for processing Status: https://wm.example/s/1", None, 201),
+    ),
+    (201, b"", "https://wm.example/s/2", Outcome(DEFAULT_OK + " Status: https://wm.example/s/2", None, 201)),
+    (204, b"", None, Outcome(DEFAULT_OK, None, 204)),
+    (200, j(result=""), None, Outcome(DEFAULT_OK, None, 200)),
+    (200, j(result=["not", "a", "string"]), None, Outcome(DEFAULT_OK, None, 200)),
+    (200, b"[1, 2]", None, Outcome(DEFAULT_OK, None, 200)),
+    (202, j(result="No fault found, default path"), None, Outcome("No f%61ult found, def%61ult path", None, 202)),
+    (
+        303,
+        b"",
+        "https://site.example/mentions/1",
+        Outcome("Pingback from https://blog.example/post to https://site.example/notes/42 was accepted.", None, 303),
+    ),
+    # A 2xx whose JSON carries an error is a fault, as on webmention.io.
+    (200, j(error="no_link_found"), None, Outcome("no_link_found", FaultCode.NO_LINK, 200)),
+    (202, j(error="spam"), None, Outcome("spam", FaultCode.GENERIC, 202)),
+    # Named errors: webmention.io's `error` and the WordPress plugin's `code`.
+    (
+        400,
+        j(error="source_not_found", error_description="404 at source"),
+        None,
+        Outcome("source_not_found: 404 at source", FaultCode.SOURCE_NOT_FOUND, 400),
+    ),
+    (400, j(error="invalid_source"), None, Outcome("invalid_source", FaultCode.SOURCE_NOT_FOUND, 400)),
+    (
+        400,
+        j(error="no_link_found", error_description="The source does not link here"),
+        None,
+        Outcome("no_link_found: The source does not link here", FaultCode.NO_LINK, 400),
+    ),
+    (400, j(error="target_not_found"), None, Outcome("target_not_found", FaultCode.TARGET_NOT_FOUND, 400)),
+    (400, j(error="target_not_supported"), None, Outcome("target_not_supported", FaultCode.TARGET_NOT_PINGABLE, 400)),
+    (400, j(error="invalid_target"), None, Outcome("invalid_target", FaultCode.TARGET_NOT_PINGABLE, 400)),
+    (
+        400,
+        j(code="target_not_valid", message="Target is not on this site", data={"status": 400}),
+        None,
+        Outcome("target_not_valid: Target is not on this site", FaultCode.TARGET_NOT_PINGABLE, 400),
+    ),
+    (400, j(error="already_registered"), None, Outcome("already_registered", FaultCode.ALREADY_REGISTERED, 400)),
+    (403, j(error="access_denied"), None, Outcome("access_denied", FaultCode.ACCESS_DENIED, 403)),
+    (400, j(code="forbidden", message="No"), None, Outcome("forbidden: No", FaultCode.ACCESS_DENIED, 400)),
+    (500, j(error="source_not_found"), None, Outcome("source_not_found", FaultCode.SOURCE_NOT_FOUND, 500)),
+    # Unnamed errors, by status.
+    (401, b"", None, Outcome("HTTP 401", FaultCode.ACCESS_DENIED, 401)),
+    (403, b"<h1>Forbidden</h1>", None, Outcome("HTTP 403", FaultCode.ACCESS_DENIED, 403)),
+    (
+        429,
+        j(error="rate_limit_exceeded"),
+        None,
+        Outcome("upstream: HTTP 429 rate_limit_exceeded", FaultCode.UPSTREAM_ERROR, 429),
+    ),
+    (500, b"<html>Traceback ...</html>", None, Outcome("upstream: HTTP 500", FaultCode.UPSTREAM_ERROR, 500)),
+    (502, b"", None, Outcome("upstream: HTTP 502", FaultCode.UPSTREAM_ERROR, 502)),
+    (300, b"", None, Outcome("upstream: HTTP 300", FaultCode.UPSTREAM_ERROR, 300)),
+    (
+        400,
+        j(error="invalid_request", error_description="target missing"),
+        None,
+        Outcome("HTTP 400 invalid_request: target missing", FaultCode.GENERIC, 400),
+    ),
+    (404, b"Not Found", None, Outcome("HTTP 404", FaultCode.GENERIC, 404)),
+    (410, j(message="Gone"), None, Outcome("HTTP 410 Gone", FaultCode.GENERIC, 410)),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "location", "expected"), CLASSIFY_CASES)
+def test_classify(status: int, body: bytes, location: str | None, expected: Outcome) -> None:
+    outcome = classify(PING, status, body, location)
+    assert outcome == expected
+    if outcome.fault is None:
+        assert "fault" not in outcome.text.lower()  # node's pingback client reads that as failure
+
+
+def test_host_limiter() -> None:
+    limiter = HostLimiter(2)
+    assert limiter.acquire("a.example") and limiter.acquire("a.example")
+    assert not limiter.acquire("a.example")
+    assert limiter.acquire("b.example")
+    limiter.release("a.example")
+    assert limiter.acquire("a.example")
+
+
+# --- forward() against respx-mocked receivers -------------------------------------------------
+
+
+async def run(url: str = ENDPOINT, timeout: float = 2.0) -> Outcome:
+    async with make_client(Settings(timeout=timeout)) as client:
+        return await forward(client, PING, url, client_ip="198.51.100.9", timeout=timeout)
+
+
+@pytest.mark.anyio
+async def test_forward_sends_a_webmention(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(ENDPOINT).respond(202, json={"result": "queued"})
+    assert await run() == Outcome("queued", None, 202)
+    request = route.calls.last.request
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert request.headers["accept"] == "application/json"
+    assert request.headers["accept-encoding"] == "identity"
+    assert request.headers["original-remote-addr"] == "198.51.100.9"
+    assert request.headers["user-agent"].startswith("pingforward/")
+    assert httpx.QueryParams(request.content.decode()) == httpx.QueryParams(
+        {"source": PING.source, "target": PING.target}
+    )
+    assert list(httpx.QueryParams(request.content.decode()).keys()) == ["source", "target"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_forward_reposts_across_redirects(respx_mock: respx.MockRouter, status: int) -> None:
+    first = respx_mock.post(ENDPOINT).respond(status, headers={"Location": "/wm2?x=1"})
+    second = respx_mock.post("https://site.example/wm2?x=1").respond(202)
+    assert await run() == Outcome(DEFAULT_OK, None, 202)
+    assert first.calls.last.request.content == second.calls.last.request.content
+    assert second.calls.last.request.method == "POST"
+
+
+@pytest.mark.anyio
+async def test_forward_gives_up_after_three_redirects(respx_mock: respx.MockRouter) -> None:
+    hops = [
+        respx_mock.post(f"https://site.example/hop{n}").respond(307, headers={"Location": f"/hop{n + 1}"})
+        for n in range(4)
+    ]
+    outcome = await run("https://site.example/hop0")
+    assert outcome.fault is FaultCode.UPSTREAM_ERROR and "redirects" in outcome.text
+    assert [hop.call_count for hop in hops] == [1, 1, 1, 1]
+
+
+@pytest.mark.anyio
+async def test_redirect_loop_ends(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(ENDPOINT).respond(302, headers={"Location": ENDPOINT})
+    outcome = await run()
+    assert outcome.fault is FaultCode.UPSTREAM_ERROR
+    assert route.call_count == 4
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("location", [None, "ftp://site.example/", "http://"])
+async def test_redirect_without_usable_location(respx_mock: respx.MockRouter, location: str | None) -> None:
+    respx_mock.post(ENDPOINT).respond(301, headers={"Location": location} if location else {})
+    outcome = await run()
+    assert outcome.fault is FaultCode.UPSTREAM_ERROR and "Location" in outcome.text
+
+
+@pytest.mark.anyio
+async def test_redirect_to_a_refused_address_is_fault_49(respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(ENDPOINT).respond(307, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+    outcome = await run()
+    assert outcome.fault is FaultCode.ACCESS_DENIED
+    assert "link-local" in outcome.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (httpx.ConnectError("[Errno 111] Connection refused"), "could not connect (DNS, TCP or TLS)"),
+        (httpx.ConnectTimeout("timed out"), "no answer within 2 s"),
+        (httpx.ReadTimeout("timed out"), "no answer within 2 s"),
+        (httpx.RemoteProtocolError("illegal header"), "broken HTTP exchange"),
+    ],
+)
+async def test_transport_errors_are_fault_50_without_internals(
+    respx_mock: respx.MockRouter, error: Exception, words: str
+) -> None:
+    respx_mock.post(ENDPOINT).mock(side_effect=error)
+    outcome = await run()
+    assert outcome == Outcome(f"upstream: {words}", FaultCode.UPSTREAM_ERROR)
+    assert "Errno" not in outcome.text
+
+
+@pytest.mark.anyio
+async def test_oversized_answer_is_fault_50(respx_mock: respx.MockRouter) -> None:
+    respx_mock.post(ENDPOINT).respond(202, content=b"x" * (MAX_ANSWER + 1))
+    outcome = await run()
+    assert outcome.fault is FaultCode.UPSTREAM_ERROR and "too large" in outcome.text
+
+
+@pytest.mark.anyio
+async def test_compressed_answer_is_not_decoded(respx_mock: respx.MockRouter) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps({"result": "zipped"}).encode())
+    respx_mock.post(ENDPOINT).respond(202, content=body, headers={"Content-Encoding": "gzip"})
+    assert await run() == Outcome(DEFAULT_OK, None, 202)
