@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Final, TypeVar
 
 from pingforward.policy import DEFAULT_PORTS, Policy
@@ -14,6 +15,11 @@ DEFAULT_MAX_BODY: Final = 65536
 DEFAULT_MAX_PER_HOST: Final = 20
 MIN_SEND_TOKEN: Final = 16
 T = TypeVar("T")
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 class ConfigError(ValueError):
@@ -55,6 +61,7 @@ class Settings:
     allowed_ports: frozenset[int] | None = field(default=DEFAULT_PORTS)
     allow_private_networks: bool = False
     max_per_host: int = DEFAULT_MAX_PER_HOST
+    log_format: LogFormat = LogFormat.TEXT
     send_token: str | None = field(default=None, repr=False)  # POST /send is off without it
 
     @property
@@ -100,6 +107,9 @@ class Settings:
             ),
             allow_private_networks=read("allow_private_networks", _bool, False, anything, "must be true or false"),
             max_per_host=read("max_per_host", int, DEFAULT_MAX_PER_HOST, lambda v: v >= 1, "must be an integer >= 1"),
+            log_format=read(
+                "log_format", lambda v: LogFormat(v.lower()), LogFormat.TEXT, anything, "must be text or json"
+            ),
             send_token=_send_token(environ),
         )
 

@@ -128,3 +128,21 @@ def test_a_post_without_links(respx_mock: respx.MockRouter, capsys: pytest.Captu
     respx_mock.get(SRC).mock(return_value=httpx.Response(200, html=f'<article><a href="{SRC}#top">top</a></article>'))
     assert main(["send", SRC], environ={}) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "the post links to no other page"
+
+
+def test_what_pages_say_cannot_drive_the_terminal(
+    respx_mock: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    respx_mock.get(SRC).mock(
+        return_value=httpx.Response(200, html='<article><a href="https://wm.example/">x</a></article>')
+    )
+    respx_mock.get("https://wm.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "</webmention>; rel=webmention"})
+    )
+    respx_mock.post("https://wm.example/webmention").mock(
+        return_value=httpx.Response(400, json={"error": "bad\x1b]0;pwned\x07 request"})
+    )
+    assert main(["send", SRC], environ={}) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "bad\\x1b]0;pwned\\x07 request" in out

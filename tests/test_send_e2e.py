@@ -16,7 +16,7 @@ import sys
 import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote
 
@@ -34,14 +34,9 @@ TOKEN = "e2e-send-token-0123456789"
 Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
-def local_settings(**overrides: object) -> Settings:
+def local_settings() -> Settings:
     """Settings for talking to 127.0.0.1 on random ports, which the address policy refuses by default."""
-    return Settings(timeout=5.0, allow_private_networks=True, allowed_ports=None, **overrides)  # type: ignore[arg-type]
-
-
-def local_environ() -> dict[str, str]:
-    """The same, as environment variables for a `pingforward` subprocess."""
-    return {"PINGFORWARD_ALLOW_PRIVATE_NETWORKS": "true", "PINGFORWARD_ALLOWED_PORTS": "*"}
+    return replace(Settings.from_environ(servers.LOCAL_ENV), timeout=5.0)
 
 
 def html(body: str, *headers: tuple[str, str], status: int = 200) -> Answer:
@@ -124,7 +119,7 @@ def site() -> Iterator[Site]:
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[str]:
     """pingforward itself, started with the Procfile's command, with POST /send on; its base URL."""
-    with servers.proxy({**local_environ(), "PINGFORWARD_SEND_TOKEN": TOKEN}) as base:
+    with servers.proxy({**servers.LOCAL_ENV, "PINGFORWARD_SEND_TOKEN": TOKEN}) as base:
         yield base
 
 
@@ -221,7 +216,7 @@ def test_cli_subprocess(site: Site, proxy: str) -> None:
     environ = {key: value for key, value in os.environ.items() if not key.startswith("PINGFORWARD_")}
     result = subprocess.run(
         [sys.executable, "-m", "pingforward", "send", "--json", site.url("/post")],
-        env={**environ, **local_environ()},
+        env={**environ, **servers.LOCAL_ENV},
         capture_output=True,
         text=True,
         timeout=60,
