@@ -1,17 +1,20 @@
 """Other ways to carry pingforward's outbound connections, kept so that bench/README.md's numbers can be re-run.
 
-Each factory builds the real app with a different transport under the same httpx.AsyncClient, and
-every one dials through `pingforward.transport.resolve`, so the address policy costs the same:
+Each factory builds the real app with a different transport under the same client class
+(`pingforward.transport.Client`, which keeps no cookies) and the same URL hook, and every one
+dials through `pingforward.transport.resolve`, so the address policy costs the same:
 
     .venv/bin/python bench/run.py --app alternatives:stock             # httpx's own pool (httpcore 1.0)
     .venv/bin/python bench/run.py --app alternatives:stock_wide        # the same, 1,000 connections
+    .venv/bin/python bench/run.py --app alternatives:pool_with_cookies # pool.py under a plain AsyncClient
     /other/venv/bin/python bench/run.py --app alternatives:aiohttp_transport  # needs httpx-aiohttp
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -21,19 +24,34 @@ from starlette.applications import Starlette
 
 import pingforward.app
 from pingforward.config import Settings
-from pingforward.transport import USER_AGENT, VIA, resolve
+from pingforward.policy import Policy
+from pingforward.transport import LIMITS, USER_AGENT, VIA, Client, PolicyTransport, resolve
 
 
-def _app_with(transport: Callable[[Settings], httpx.AsyncBaseTransport]) -> Starlette:
+def _checked(policy: Policy) -> Callable[[str, int], Awaitable[list[str]]]:
+    async def addresses(host: str, port: int) -> list[str]:
+        found = await resolve(host, port)
+        for address in found:
+            policy.check_address(ipaddress.ip_address(address.split("%")[0]))
+        return found
+
+    return addresses
+
+
+def _app_with(
+    transport: Callable[[Settings], httpx.AsyncBaseTransport],
+    client: type[httpx.AsyncClient] = Client,
+    check_urls: bool = True,  # PolicyTransport checks URLs itself; the others get httpx's request hook
+) -> Starlette:
     def make_client(settings: Settings) -> httpx.AsyncClient:
         policy = settings.policy
 
         async def check_url(request: httpx.Request) -> None:
             policy.check_url(str(request.url))
 
-        return httpx.AsyncClient(
+        return client(
             transport=transport(settings),
-            event_hooks={"request": [check_url]},
+            event_hooks={"request": [check_url] if check_urls else []},
             trust_env=False,
             follow_redirects=False,
             timeout=settings.timeout,
@@ -48,7 +66,7 @@ class _PolicyBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend, dialling the addresses `resolve` checked (main's design before pool.py)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._resolve = partial(resolve, settings.policy)
+        self._resolve = _checked(settings.policy)
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
@@ -93,6 +111,11 @@ def stock_wide() -> Starlette:
     return _app_with(partial(_httpcore_transport, httpx.Limits(max_connections=1000, max_keepalive_connections=100)))
 
 
+def pool_with_cookies() -> Starlette:
+    """pool.py under httpx's plain AsyncClient, which looks for cookies in every answer."""
+    return _app_with(lambda settings: PolicyTransport(settings.policy, LIMITS), httpx.AsyncClient, check_urls=False)
+
+
 def aiohttp_transport() -> Starlette:
     """httpx-aiohttp's transport: aiohttp's connector under httpx, resolving through the policy."""
     import aiohttp as aio
@@ -100,7 +123,7 @@ def aiohttp_transport() -> Starlette:
 
     class PolicyResolver(aio.abc.AbstractResolver):
         def __init__(self, settings: Settings) -> None:
-            self._resolve = partial(resolve, settings.policy)
+            self._resolve = _checked(settings.policy)
 
         async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, Any]]:
             return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Final, TypeVar
 
 from pingforward.policy import DEFAULT_PORTS, Policy
@@ -12,7 +13,13 @@ PREFIX: Final = "PINGFORWARD_"
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_MAX_BODY: Final = 65536
 DEFAULT_MAX_PER_HOST: Final = 20
+MIN_SEND_TOKEN: Final = 16
 T = TypeVar("T")
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 class ConfigError(ValueError):
@@ -54,6 +61,8 @@ class Settings:
     allowed_ports: frozenset[int] | None = field(default=DEFAULT_PORTS)
     allow_private_networks: bool = False
     max_per_host: int = DEFAULT_MAX_PER_HOST
+    log_format: LogFormat = LogFormat.TEXT
+    send_token: str | None = field(default=None, repr=False)  # POST /send is off without it
 
     @property
     def policy(self) -> Policy:
@@ -98,4 +107,17 @@ class Settings:
             ),
             allow_private_networks=read("allow_private_networks", _bool, False, anything, "must be true or false"),
             max_per_host=read("max_per_host", int, DEFAULT_MAX_PER_HOST, lambda v: v >= 1, "must be an integer >= 1"),
+            log_format=read(
+                "log_format", lambda v: LogFormat(v.lower()), LogFormat.TEXT, anything, "must be text or json"
+            ),
+            send_token=_send_token(environ),
         )
+
+
+def _send_token(environ: Mapping[str, str]) -> str | None:
+    # Checked apart from read(): a secret must not be echoed into an error message or a log.
+    key = PREFIX + "SEND_TOKEN"
+    token = environ.get(key, "").strip()
+    if token and (len(token) < MIN_SEND_TOKEN or any(char.isspace() for char in token)):
+        raise ConfigError(f"{key}: must be at least {MIN_SEND_TOKEN} characters without spaces (value not shown)")
+    return token or None  # unset or empty: POST /send is off

@@ -57,6 +57,7 @@ class FaultCode(IntEnum):
 
     # Fault Code Interoperability (version 20010516); the values match xmlrpc.client's constants.
     PARSE_ERROR = xmlrpc.client.PARSE_ERROR, "parse error. not well formed"
+    UNSUPPORTED_ENCODING = xmlrpc.client.UNSUPPORTED_ENCODING, "parse error. unsupported encoding"
     INVALID_XMLRPC = xmlrpc.client.INVALID_XMLRPC, "server error. invalid xml-rpc. not conforming to spec."
     METHOD_NOT_FOUND = xmlrpc.client.METHOD_NOT_FOUND, "server error. requested method not found"
     INVALID_PARAMS = xmlrpc.client.INVALID_METHOD_PARAMS, "server error. invalid method parameters"
@@ -124,6 +125,8 @@ def parse_call(body: bytes) -> Call:
         parser.close()
     except (xml.parsers.expat.ExpatError, DefusedXmlException) as exc:
         raise Fault(FaultCode.PARSE_ERROR) from exc
+    except LookupError as exc:  # <?xml encoding="..."?> names a codec Python does not have
+        raise Fault(FaultCode.UNSUPPORTED_ENCODING) from exc
     except _INVALID_VALUE_ERRORS as exc:
         raise Fault(FaultCode.INVALID_XMLRPC) from exc
     method = unmarshaller.getmethodname()
@@ -212,6 +215,8 @@ def parse_response(body: bytes) -> str:
         raise Fault(FaultCode(code) if known else FaultCode.GENERIC, str(fault.faultString)) from None
     except (xml.parsers.expat.ExpatError, DefusedXmlException) as exc:
         raise Fault(FaultCode.PARSE_ERROR) from exc
+    except LookupError as exc:
+        raise Fault(FaultCode.UNSUPPORTED_ENCODING) from exc
     except _INVALID_VALUE_ERRORS as exc:
         raise Fault(FaultCode.INVALID_XMLRPC) from exc
     if unmarshaller.root != "methodResponse" or not values:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from asgi_lifespan import LifespanManager
 
 from pingforward.app import create_app
 from pingforward.config import Settings
+from tests.servers import LOCAL_ENV
 
 DATA = Path(__file__).parent / "data"
 
@@ -29,7 +31,7 @@ def anyio_backend() -> str:
 class PoolMocker(respx.mocks.AbstractRequestMocker):
     """Lets respx answer in place of pingforward.pool.Pool, as it does for httpcore's pool by default.
 
-    The client's own layers (URL policy hook, redirects, headers) still run; only the sockets are mocked.
+    The layers above it (PolicyTransport's URL check, the client, redirects) still run; only sockets are mocked.
     """
 
     name = "pingforward-pool"
@@ -55,8 +57,11 @@ class PoolMocker(respx.mocks.AbstractRequestMocker):
 
 
 @pytest.fixture
-def respx_mock() -> Iterator[respx.MockRouter]:
-    with respx.mock(using=PoolMocker.name) as mock:
+def respx_mock(request: pytest.FixtureRequest) -> Iterator[respx.MockRouter]:
+    """respx's own fixture (same defaults, same `respx` marker), mocking pool.py instead of httpcore."""
+    marker = request.node.get_closest_marker("respx")
+    options: dict[str, Any] = {"assert_all_called": False, **(marker.kwargs if marker else {})}
+    with respx.mock(using=PoolMocker.name, **options) as mock:
         yield mock
 
 
@@ -73,3 +78,20 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 4711))
         async with httpx.AsyncClient(transport=transport, base_url="https://proxy.test") as http:
             yield http
+
+
+@pytest.fixture
+def local_settings() -> Settings:
+    """Settings for tests whose servers all listen on 127.0.0.1 at random ports."""
+    return Settings.from_environ(LOCAL_ENV)
+
+
+@pytest.fixture
+def local_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """`os.environ` with LOCAL_ENV as its only PINGFORWARD_* variables, restored afterwards."""
+    for key in list(os.environ):
+        if key.startswith("PINGFORWARD_"):
+            monkeypatch.delenv(key)
+    for key, value in LOCAL_ENV.items():
+        monkeypatch.setenv(key, value)
+    return dict(LOCAL_ENV)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pingforward.config import ConfigError, Settings
+from pingforward.config import ConfigError, LogFormat, Settings
 from pingforward.policy import DEFAULT_PORTS
 
 
@@ -58,3 +58,29 @@ def test_values() -> None:
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{name}: "):
         Settings.from_environ({name: value})
+
+
+def test_app_refuses_to_start_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pingforward.app import create_app
+
+    monkeypatch.setenv("PINGFORWARD_MAX_BODY", "lots")
+    with pytest.raises(SystemExit, match="^pingforward: bad configuration: PINGFORWARD_MAX_BODY: "):
+        create_app()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("text", LogFormat.TEXT), ("json", LogFormat.JSON), (" JSON ", LogFormat.JSON), ("Text", LogFormat.TEXT)],
+)
+def test_log_format(raw: str, expected: LogFormat) -> None:
+    assert Settings.from_environ({"PINGFORWARD_LOG_FORMAT": raw}).log_format is expected
+
+
+def test_log_format_default() -> None:
+    assert Settings.from_environ({}).log_format is LogFormat.TEXT
+
+
+@pytest.mark.parametrize("raw", ["", "xml", "logfmt", "jsonl"])
+def test_log_format_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"^PINGFORWARD_LOG_FORMAT: must be text or json, got "):
+        Settings.from_environ({"PINGFORWARD_LOG_FORMAT": raw})

@@ -53,6 +53,9 @@ CASES = [
     pytest.param(load("pingback/external-entity-url.xml"), FaultCode.PARSE_ERROR, id="xxe-url"),
     pytest.param(load("pingback/dtd.xml"), FaultCode.PARSE_ERROR, id="dtd"),
     pytest.param(b"", FaultCode.PARSE_ERROR, id="empty"),
+    pytest.param(
+        b"<?xml version='1.0' encoding='klingon'?><methodCall/>", FaultCode.UNSUPPORTED_ENCODING, id="encoding"
+    ),
     pytest.param(b"source=a&target=b", FaultCode.PARSE_ERROR, id="form-body"),
     pytest.param(load("pingback/node.xml")[:-20], FaultCode.PARSE_ERROR, id="truncated"),
     pytest.param(load("pingback/node.xml") + b"<x/>", FaultCode.PARSE_ERROR, id="two-roots"),

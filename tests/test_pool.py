@@ -15,7 +15,7 @@ import trustme
 from pingforward.config import Settings
 from pingforward.policy import Policy, Refused
 from pingforward.pool import MAX_HEAD, Pool
-from pingforward.transport import make_client, resolve
+from pingforward.transport import PolicyTransport, make_client
 
 pytestmark = pytest.mark.anyio
 
@@ -73,7 +73,7 @@ async def serving(server: Server, tls: ssl.SSLContext | None = None) -> AsyncIte
         listener.close()
 
 
-async def loopback(host: str, port: int) -> Sequence[str]:
+async def loopback(host: str, port: int) -> list[str]:
     return ["127.0.0.1"]
 
 
@@ -230,9 +230,10 @@ async def test_pool_timeout_and_slots_come_back_after_cancellation() -> None:
 
 
 async def test_policy_refusal_comes_before_any_connection() -> None:
-    async with serving(Server([OK])) as server, client(Pool(lambda h, p: resolve(Policy(), h, p))) as http:
+    transport = PolicyTransport(Policy(allowed_ports=None), httpx.Limits(), resolver=loopback)
+    async with serving(Server([OK])) as server, httpx.AsyncClient(transport=transport) as http:
         with pytest.raises(Refused, match="loopback"):
-            await post(http, server)
+            await http.post(f"http://receiver.test:{server.port}/wm")  # the name passes, its address does not
         assert server.connections == 0
 
 

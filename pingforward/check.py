@@ -1,0 +1,344 @@
+"""`pingforward check`: does a page advertise its pingback endpoint so that senders forward it right?
+
+`analyze` and the discovery functions are pure and table-tested; `fetch_page`, `send_test_ping` and
+`check` are the I/O, always through an `httpx.AsyncClient` from `transport.make_client`, whose address
+policy applies here too (PINGFORWARD_ALLOW_PRIVATE_NETWORKS=true to check a site on a private network).
+Specs: https://www.hixie.ch/specs/pingback/pingback#TOC2 (discovery) and
+https://www.w3.org/TR/webmention/#sender-discovers-receiver-webmention-endpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from html.parser import HTMLParser
+from typing import Final
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx
+
+from pingforward.forward import ForwardError, parse_forward
+from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
+from pingforward.policy import Refused
+
+MAX_PAGE: Final = 1024 * 1024
+MAX_ANSWER: Final = 64 * 1024
+
+
+class Verdict(Enum):
+    OK = "ok"
+    FAIL = "FAIL"
+    INFO = "--"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    verdict: Verdict
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What was fetched: the GET response after redirects, and what WordPress's HEAD request saw."""
+
+    url: str
+    status: int
+    html: str
+    pingback_headers: tuple[str, ...] = ()
+    link_headers: tuple[str, ...] = ()
+    head_pingback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    findings: tuple[Finding, ...]
+    endpoint: str | None  # the pingback endpoint senders use, if it is an absolute http(s) URL
+
+    @property
+    def ok(self) -> bool:
+        return all(finding.verdict is not Verdict.FAIL for finding in self.findings)
+
+
+# Pingback 1.0 §2.3: "search the entity body for the first match of the following regular expression:
+# <link rel="pingback" href="([^"]+)" ?/?>" and then expand "&amp; &lt; &gt; &quot;" (and nothing else).
+_SPEC_LINK: Final = re.compile(r'<link rel="pingback" href="([^"]+)" ?/?>')
+_SPEC_ENTITIES: Final = (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&amp;", "&"))
+
+
+def spec_pingback(html: str) -> str | None:
+    """The endpoint a client following the spec's regular expression reads from the body."""
+    match = _SPEC_LINK.search(html)
+    if match is None:
+        return None
+    href = match[1]
+    for entity, char in _SPEC_ENTITIES:
+        href = href.replace(entity, char)
+    return href
+
+
+def wordpress_pingback(head_pingback: str | None, html: str) -> str | None:
+    """The endpoint WordPress's `discover_pingback_server_uri` (wp-includes/comment.php) would use."""
+    # It sends a HEAD first and takes its X-Pingback header as is (protocol.md §4.1).
+    if head_pingback:
+        return head_pingback
+    # Then a GET and a plain search: `rel="pingback"`, else `rel='pingback'`. PHP's strpos() answers 0
+    # for a match at the very start, which the `if` takes as "not found".
+    double, single = html.find('rel="pingback"'), html.find("rel='pingback'")
+    if double <= 0 and single <= 0:
+        return None
+    quote, offset = ('"', double) if double > 0 else ("'", single)
+    # The first `href=` after it, skipping 6 characters (`href="`) whatever quote the href uses,
+    # read up to the next quote of the rel attribute's kind. No entity decoding, no resolution.
+    # A missing `href=` makes strpos() false, and false + 6 is 6.
+    href_at = html.find("href=", offset)
+    start = (href_at if href_at >= 0 else 0) + 6
+    end = html.find(quote, start)
+    if end <= start:
+        return None
+    return html[start:end]
+
+
+class _Links(HTMLParser):
+    """`<link>` and `<a>` elements with their rel tokens and (entity-decoded) href, in document order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[tuple[str, frozenset[str], str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("link", "a"):
+            values = dict(attrs)
+            rel = frozenset((values.get("rel") or "").lower().split())
+            self.found.append((tag, rel, values.get("href")))
+
+    handle_startendtag = handle_starttag
+
+
+def _links(html: str) -> list[tuple[str, frozenset[str], str | None]]:
+    parser = _Links()
+    parser.feed(html)
+    parser.close()
+    return parser.found
+
+
+def pingback_links(html: str) -> list[str]:
+    """The href of every `<link rel="pingback">`, as an HTML parser reads them."""
+    return [href for tag, rel, href in _links(html) if tag == "link" and "pingback" in rel and href is not None]
+
+
+_LINK_VALUE: Final = re.compile(r"<([^>]*)>([^<]*)")
+_REL_PARAM: Final = re.compile(r';\s*rel\s*=\s*(?:"([^"]*)"|([^;,\s]+))', re.IGNORECASE)
+
+
+def webmention_endpoint(url: str, link_headers: Iterable[str], html: str) -> str | None:
+    """The page's Webmention endpoint: the first Link header with rel webmention, else the first element.
+
+    A minimal stand-in for the sender's discovery in `pingforward.webmention`; swap it in when merged.
+    """
+    # Webmention §3.1.2: "check for an HTTP Link header with a rel value of webmention. If the content
+    # type of the document is HTML, then the sender MUST look for an HTML <link> and <a> element with a
+    # rel value of webmention", resolved relative to the page URL; the header comes first.
+    for value in link_headers:
+        for match in _LINK_VALUE.finditer(value):
+            param = _REL_PARAM.search(match[2])
+            if param and "webmention" in (param[1] or param[2] or "").lower().split():
+                return urljoin(url, str(match[1]).strip())
+    for _tag, rel, href in _links(html):
+        if "webmention" in rel and href is not None:
+            return urljoin(url, href)
+    return None
+
+
+def _home_page(url: str) -> bool:
+    # WordPress pings only links with a path other than "" or "/", or with a query (protocol.md §4.1).
+    parts = urlsplit(url)
+    return parts.path in ("", "/") and not parts.query
+
+
+@dataclass
+class _Report:
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, verdict: Verdict, text: str) -> None:
+        self.findings.append(Finding(verdict, text))
+
+
+def analyze(page: Page) -> Analysis:
+    """Judge what `page` advertises, one finding per question."""
+    report = _Report()
+    if 200 <= page.status < 300:
+        report.add(Verdict.OK, f"fetched {page.url} (HTTP {page.status})")
+    else:
+        report.add(Verdict.FAIL, f"fetched {page.url}: HTTP {page.status}, not a 2xx")
+    if _home_page(page.url):
+        report.add(Verdict.INFO, "WordPress never sends pingbacks to a site's home page; check a post instead")
+
+    endpoint = _pingback(page, report)
+    if endpoint is not None:
+        if not is_http_url(endpoint):
+            report.add(Verdict.FAIL, f"the pingback endpoint {endpoint} is not an absolute http(s) URL")
+            endpoint = None
+        else:
+            _forward(page, endpoint, report)
+    return Analysis(tuple(report.findings), endpoint)
+
+
+def _pingback(page: Page, report: _Report) -> str | None:
+    headers = page.pingback_headers
+    if len(headers) > 1:
+        report.add(Verdict.FAIL, f"{len(headers)} X-Pingback headers; Pingback 1.0 allows one")
+    elif headers:
+        report.add(Verdict.OK, f"X-Pingback header: {headers[0]}")
+    else:
+        report.add(Verdict.INFO, "no X-Pingback header")
+
+    links = pingback_links(page.html)
+    spec = spec_pingback(page.html)
+    if len(links) > 1:
+        report.add(Verdict.FAIL, f'{len(links)} <link rel="pingback"> elements; Pingback 1.0 allows one')
+    elif links:
+        report.add(Verdict.OK, f'<link rel="pingback"> element: {links[0]}')
+    else:
+        report.add(Verdict.INFO, 'no <link rel="pingback"> element')
+    if links and spec != links[0]:
+        report.add(
+            Verdict.FAIL,
+            'the <link> is not in the exact form <link rel="pingback" href="...">, so clients that follow '
+            "the spec (mention-client-php, Telegraph) do not find it",
+        )
+
+    if not headers and not links:
+        report.add(Verdict.FAIL, "the page advertises no pingback endpoint")
+        return None
+    # Pingback 1.0 §2.3: the header, when there is one, wins.
+    endpoint = headers[0] if headers else links[0]
+    if headers and links:
+        if headers[0] == links[0]:
+            report.add(Verdict.OK, "the header and the <link> agree")
+        else:
+            report.add(Verdict.FAIL, "the header and the <link> differ; senders use the header")
+
+    wordpress = wordpress_pingback(page.head_pingback, page.html)
+    if wordpress == endpoint:
+        report.add(Verdict.OK, f"WordPress reads {wordpress}")
+    elif wordpress is not None and wordpress.replace("&amp;", "&") == endpoint:
+        report.add(Verdict.OK, f"WordPress reads {wordpress} (&amp; undecoded; pingforward accepts that)")
+    elif wordpress is None:
+        hint = " (it looks for X-Pingback in a HEAD request)" if headers else ""
+        report.add(Verdict.FAIL, f"WordPress finds no pingback endpoint{hint}")
+    elif links and wordpress == links[0]:
+        report.add(Verdict.FAIL, f"WordPress reads the <link>, {wordpress}: its HEAD request saw no X-Pingback header")
+    else:
+        report.add(
+            Verdict.FAIL,
+            f'WordPress reads {wordpress!r} instead; put rel="pingback" before href and use double quotes',
+        )
+    return endpoint
+
+
+def _forward(page: Page, endpoint: str, report: _Report) -> None:
+    parts = urlsplit(endpoint)
+    if parts.fragment:
+        report.add(Verdict.FAIL, "the pingback endpoint has a #fragment, which senders drop; encode # as %23")
+    # WordPress copies the href without decoding entities; pingforward reads `&amp;` as `&` (forward.py).
+    names = parse_qs(parts.query.replace("&amp;", "&"), keep_blank_values=True)
+    if "forward" not in names:
+        report.add(Verdict.FAIL, "the pingback endpoint is not a pingforward URL: it has no forward parameter")
+        return
+    try:
+        forward = parse_forward(parts.query)
+    except ForwardError as exc:
+        report.add(Verdict.FAIL, f"{exc}: the forward value must be an absolute http(s) URL, percent-encoded")
+        return
+    report.add(Verdict.OK, f"forwards to {forward}")
+    others = sorted(name for name in names if name != "forward")
+    if others:
+        report.add(
+            Verdict.INFO,
+            f"other parameters next to forward ({', '.join(others)}) are ignored; "
+            "if they belong to your Webmention endpoint, percent-encode the whole forward URL",
+        )
+
+    webmention = webmention_endpoint(page.url, page.link_headers, page.html)
+    if webmention is None:
+        report.add(Verdict.FAIL, "the page advertises no Webmention endpoint to compare the forward URL with")
+    elif webmention == forward:
+        report.add(Verdict.OK, f"forward matches the page's Webmention endpoint {webmention}")
+    else:
+        report.add(Verdict.FAIL, f"forward differs from the page's Webmention endpoint {webmention}")
+
+
+# Answers that show the ping got through the proxy to the receiver and the receiver decided; the rest
+# (access denied, upstream trouble, XML-RPC errors, a bad forward parameter) are the setup's problems.
+_PROXY_PROBLEMS: Final = frozenset({FaultCode.ACCESS_DENIED, FaultCode.UPSTREAM_ERROR}) | {
+    code for code in FaultCode if code < 0
+}
+
+
+def judge_ping(status: int, body: bytes) -> Finding:
+    """Judge the proxy's answer to the test ping."""
+    if status != 200:
+        return Finding(Verdict.FAIL, f"test ping: HTTP {status}; pingback servers answer 200")
+    try:
+        text = parse_response(body)
+    except Fault as fault:
+        proxy = fault.code in _PROXY_PROBLEMS or "'forward'" in fault.message
+        verdict = Verdict.FAIL if proxy else Verdict.OK
+        who = "" if proxy else " (from your Webmention endpoint: the proxy works)"
+        return Finding(verdict, f"test ping: fault {int(fault.code)} {fault.message}{who}")
+    return Finding(Verdict.OK, f"test ping delivered: {text}")
+
+
+async def fetch_page(client: httpx.AsyncClient, url: str) -> Page:
+    """HEAD then GET `url` as WordPress does, following redirects; raise `httpx.HTTPError`."""
+    head = await client.head(url, follow_redirects=True)
+    async with client.stream("GET", url, follow_redirects=True) as response:
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) >= MAX_PAGE:
+                break
+        return Page(
+            url=str(response.url),
+            status=response.status_code,
+            html=bytes(body[:MAX_PAGE]).decode(response.encoding or "utf-8", errors="replace"),
+            pingback_headers=tuple(response.headers.get_list("x-pingback")),
+            link_headers=tuple(response.headers.get_list("link")),
+            head_pingback=head.headers.get("x-pingback"),
+        )
+
+
+async def send_test_ping(client: httpx.AsyncClient, endpoint: str, ping: Ping) -> Finding:
+    """Send `ping` to the pingback `endpoint` as WordPress would and judge the answer."""
+    request = client.build_request("POST", endpoint, content=render_call(ping), headers={"Content-Type": "text/xml"})
+    # The client marks forwards with `Via: 1.1 pingforward` so that a proxy refuses its own (508);
+    # this is a sender's call to the proxy, not a forward.
+    del request.headers["via"]
+    try:
+        response = await client.send(request)
+    except httpx.HTTPError as exc:
+        return Finding(Verdict.FAIL, f"test ping: could not reach {endpoint}: {type(exc).__name__}")
+    except Refused as exc:
+        return Finding(Verdict.FAIL, f"test ping: not sent to {endpoint}: {exc.reason}")
+    return judge_ping(response.status_code, response.content[:MAX_ANSWER])
+
+
+async def check(client: httpx.AsyncClient, url: str, *, ping: bool = False, source: str | None = None) -> Analysis:
+    """Fetch `url`, analyze it and, with `ping`, send one real test ping through its endpoint."""
+    try:
+        page = await fetch_page(client, url)
+    except httpx.HTTPError as exc:
+        return Analysis((Finding(Verdict.FAIL, f"could not fetch {url}: {type(exc).__name__} {exc}"),), None)
+    except Refused as exc:  # the address policy of make_client applies to this command too
+        return Analysis((Finding(Verdict.FAIL, f"did not fetch {url}: {exc.reason}"),), None)
+    analysis = analyze(page)
+    findings: Sequence[Finding] = analysis.findings
+    if not ping:
+        extra = Finding(Verdict.INFO, "no test ping sent (--ping sends a real one)")
+    elif analysis.endpoint is None:
+        extra = Finding(Verdict.FAIL, "no test ping sent: no usable pingback endpoint")
+    else:
+        extra = await send_test_ping(client, analysis.endpoint, Ping(source or url, url))
+    return Analysis((*findings, extra), analysis.endpoint)

@@ -1,0 +1,316 @@
+from __future__ import annotations
+
+import xmlrpc.client
+from urllib.parse import parse_qs, quote
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pingforward.app import create_app
+from pingforward.check import (
+    Finding,
+    Page,
+    Verdict,
+    analyze,
+    check,
+    judge_ping,
+    spec_pingback,
+    webmention_endpoint,
+    wordpress_pingback,
+)
+from pingforward.cli import main
+from pingforward.config import Settings
+from pingforward.pingback import is_http_url
+from pingforward.transport import make_client
+from tests.servers import Reply, free_port, serve_app, serve_site
+
+PF = "https://pf.example/?forward="
+WM = "https://wm.example/webmention"
+GOOD = PF + quote(WM, safe="")
+OTHER = PF + quote("https://other.example/", safe="")
+
+# (HEAD's X-Pingback, body) -> what WordPress's discover_pingback_server_uri returns (protocol.md §4.1)
+WORDPRESS = [
+    pytest.param(None, f'<head><link rel="pingback" href="{GOOD}"></head>', GOOD, id="spec-form"),
+    pytest.param("https://h.example/", f'<head><link rel="pingback" href="{GOOD}">', "https://h.example/", id="head"),
+    pytest.param(None, "<head><link rel='pingback' href='https://a/x'>", "https://a/x", id="single-quotes"),
+    pytest.param(None, '<p><link rel="pingback" href="https://a/?x=1&amp;y=2">', "https://a/?x=1&amp;y=2", id="amp"),
+    pytest.param(
+        None,
+        '<p><link href="https://a/" rel="pingback"><link rel="stylesheet" href="/s.css">',
+        "/s.css",
+        id="href-first",
+    ),
+    pytest.param(
+        None,
+        '<p><link rel="pingback" href=\'https://a/\'><meta name="x">',
+        "https://a/'><meta name=",
+        id="mixed-quotes",
+    ),
+    pytest.param(None, '<html><link rel="pingback">', "<link rel=", id="no-href-reads-from-6"),
+    pytest.param(None, 'rel="pingback" href="https://a/"', None, id="at-offset-0"),
+    pytest.param(None, '<p><link rel="pingback" href="">', None, id="empty-href"),
+    pytest.param(None, '<p><link rel="PINGBACK" href="https://a/">', None, id="case-sensitive"),
+    pytest.param(None, "<p><link rel=pingback href=https://a/>", None, id="unquoted"),
+    pytest.param(None, "", None, id="empty"),
+]
+
+# body -> what the spec's regular expression reads (Pingback 1.0 §2.3)
+SPEC = [
+    pytest.param(f'<link rel="pingback" href="{GOOD}">', GOOD, id="html"),
+    pytest.param('<link rel="pingback" href="https://a/" />', "https://a/", id="xhtml"),
+    pytest.param('<link rel="pingback" href="https://a/?b=1&amp;c=&lt;&quot;">', 'https://a/?b=1&c=<"', id="entities"),
+    pytest.param('<link rel="pingback" href="https://a/?b=&amp;lt;">', "https://a/?b=&lt;", id="no-double-decode"),
+    pytest.param('<link href="https://a/" rel="pingback">', None, id="href-first"),
+    pytest.param('<link  rel="pingback" href="https://a/">', None, id="two-spaces"),
+    pytest.param("<link rel='pingback' href='https://a/'>", None, id="single-quotes"),
+]
+
+# (Link headers, body) -> Webmention endpoint of https://site.example/blog/post
+WEBMENTION = [
+    pytest.param(['<https://wm.example/a>; rel="webmention"'], "", "https://wm.example/a", id="header"),
+    pytest.param(["</wm>; rel=webmention"], "", "https://site.example/wm", id="header-unquoted-relative"),
+    pytest.param(['<https://x/>; rel="other", <https://wm/>; rel="webmention x"'], "", "https://wm/", id="header-list"),
+    pytest.param(['<https://x/>; rel="not-webmention"'], "", None, id="header-decoy"),
+    pytest.param(
+        ['<https://h/>; rel="webmention"'], '<link rel="webmention" href="https://l/">', "https://h/", id="header-wins"
+    ),
+    pytest.param(
+        [],
+        '<a rel="webmention" href="wm">x</a><link rel="webmention" href="/l">',
+        "https://site.example/blog/wm",
+        id="a-first",
+    ),
+    pytest.param([], '<link rel="Webmention other" href="/l">', "https://site.example/l", id="token"),
+    pytest.param(
+        [], '<link rel="webmention"><link rel="webmention" href="/2">', "https://site.example/2", id="no-href-skipped"
+    ),
+    pytest.param([], '<link rel="webmention" href="">', "https://site.example/blog/post", id="empty-href"),
+    pytest.param(
+        [], '<!-- <link rel="webmention" href="/c"> --><p>&lt;link rel="webmention"&gt;', None, id="comment-text"
+    ),
+]
+
+
+@pytest.mark.parametrize(("head", "html", "expected"), WORDPRESS)
+def test_wordpress_discovery(head: str | None, html: str, expected: str | None) -> None:
+    assert wordpress_pingback(head, html) == expected
+
+
+@pytest.mark.parametrize(("html", "expected"), SPEC)
+def test_spec_discovery(html: str, expected: str | None) -> None:
+    assert spec_pingback(html) == expected
+
+
+@pytest.mark.parametrize(("links", "html", "expected"), WEBMENTION)
+def test_webmention_discovery(links: list[str], html: str, expected: str | None) -> None:
+    assert webmention_endpoint("https://site.example/blog/post", links, html) == expected
+
+
+POST = "https://site.example/2024/post"
+WM_LINK = f'<link rel="webmention" href="{WM}">'
+
+
+def page(html: str, headers: tuple[str, ...] = (), head: str | None = None, **kwargs: object) -> Page:
+    values: dict[str, object] = {"url": POST, "status": 200, "html": html, "pingback_headers": headers}
+    values.update(kwargs)
+    return Page(head_pingback=head, **values)  # type: ignore[arg-type]
+
+
+# Page -> the FAIL findings' distinguishing words (empty: the setup is right)
+ANALYZE = [
+    pytest.param(page(f'<head><link rel="pingback" href="{GOOD}">{WM_LINK}'), [], id="link-only"),
+    pytest.param(page(f"<head>{WM_LINK}", (GOOD,), GOOD), [], id="header-only"),
+    pytest.param(
+        page(f'<link rel="pingback" href="{GOOD}">', (GOOD,), GOOD, link_headers=(f"<{WM}>; rel=webmention",)),
+        [],
+        id="both",
+    ),
+    pytest.param(
+        page(f'<link rel="pingback" href="https://pf.example/?v=1&amp;forward={quote(WM, safe="")}">{WM_LINK}'),
+        [],
+        id="amp-accepted",
+    ),
+    pytest.param(page(f"<head>{WM_LINK}"), ["no pingback endpoint"], id="none"),
+    pytest.param(
+        page(f"<head>{WM_LINK}", (GOOD,), None),
+        ["WordPress finds no pingback endpoint (it looks for X-Pingback in a HEAD"],
+        id="header-get-only",
+    ),
+    pytest.param(
+        page(f'<link href="{GOOD}" rel="pingback"><link rel="stylesheet" href="/s.css">{WM_LINK}'),
+        ["not in the exact form", "WordPress reads '/s.css' instead"],
+        id="href-before-rel",
+    ),
+    pytest.param(
+        page(f'<link rel="pingback" href="{PF}{WM}?a=1&amp;b=2"><link rel="webmention" href="{WM}?a=1&amp;b=2">'),
+        ["forward differs from the page's Webmention endpoint https://wm.example/webmention?a=1&b=2"],
+        id="unencoded-ampersand",
+    ),
+    pytest.param(
+        page(f'<link rel="pingback" href="{GOOD}">{WM_LINK}', (OTHER,), OTHER),
+        ["the header and the <link> differ", "forward differs"],
+        id="disagree",
+    ),
+    pytest.param(
+        page(f'<link rel="pingback" href="{GOOD}">{WM_LINK}', (OTHER,)),
+        ["the header and the <link> differ", "WordPress reads the <link>", "forward differs"],
+        id="disagree-header-get-only",
+    ),
+    pytest.param(page(WM_LINK, (GOOD, GOOD), GOOD), ["2 X-Pingback headers"], id="two-headers"),
+    pytest.param(
+        page(f'<link rel="pingback" href="{GOOD}"><link rel="pingback" href="{GOOD}">{WM_LINK}'),
+        ["2 <link"],
+        id="two-links",
+    ),
+    pytest.param(
+        page(WM_LINK, ("https://webmention.io/example.com/xmlrpc",), "https://webmention.io/example.com/xmlrpc"),
+        ["no forward parameter"],
+        id="not-pingforward",
+    ),
+    pytest.param(
+        page(WM_LINK, (PF + "ftp%3A%2F%2Fx%2F",), PF + "ftp%3A%2F%2Fx%2F"),
+        ["Invalid 'forward' parameter"],
+        id="bad-forward",
+    ),
+    pytest.param(page(WM_LINK, (GOOD + "#x",), GOOD + "#x"), ["#fragment"], id="fragment"),
+    pytest.param(page(WM_LINK, ("/xmlrpc",), "/xmlrpc"), ["not an absolute http(s) URL"], id="relative"),
+    pytest.param(page(f'<link rel="pingback" href="{GOOD}">'), ["no Webmention endpoint"], id="no-webmention"),
+    pytest.param(page(f'<link rel="pingback" href="{GOOD}">{WM_LINK}', status=404), ["HTTP 404"], id="404"),
+]
+
+
+@pytest.mark.parametrize(("subject", "fails"), ANALYZE)
+def test_analyze(subject: Page, fails: list[str]) -> None:
+    analysis = analyze(subject)
+    failed = [f.text for f in analysis.findings if f.verdict is Verdict.FAIL]
+    assert len(failed) == len(fails), failed
+    for text, words in zip(failed, fails, strict=True):
+        assert words in text
+    assert analysis.ok is (not fails)
+
+
+def test_analyze_good_page_says_why() -> None:
+    analysis = analyze(page(f"<head>{WM_LINK}", (GOOD,), GOOD))
+    assert [(f.verdict, f.text) for f in analysis.findings] == [
+        (Verdict.OK, f"fetched {POST} (HTTP 200)"),
+        (Verdict.OK, f"X-Pingback header: {GOOD}"),
+        (Verdict.INFO, 'no <link rel="pingback"> element'),
+        (Verdict.OK, f"WordPress reads {GOOD}"),
+        (Verdict.OK, f"forwards to {WM}"),
+        (Verdict.OK, f"forward matches the page's Webmention endpoint {WM}"),
+    ]
+    assert analysis.endpoint == GOOD
+
+
+FRAGMENTS = st.sampled_from(
+    ["<link ", "<a ", 'rel="pingback"', "rel='pingback'", 'rel="webmention"', "href=", '"', "'", ">", " ", "/>",
+     "<!--", "-->", PF, GOOD, "&amp;", "forward=", "%3A", "#", "?"]
+)  # fmt: skip
+
+
+@given(st.lists(st.one_of(FRAGMENTS, st.text(max_size=5)), max_size=40), st.one_of(st.none(), st.text(max_size=30)))
+def test_analyze_takes_any_page(parts: list[str], header: str | None) -> None:
+    analysis = analyze(page("".join(parts), () if header is None else (header,), header))
+    assert analysis.findings[0] == Finding(Verdict.OK, f"fetched {POST} (HTTP 200)")
+    assert analysis.endpoint is None or is_http_url(analysis.endpoint)
+
+
+def test_home_page_note() -> None:
+    findings = analyze(page(WM_LINK, (GOOD,), GOOD, url="https://site.example/")).findings
+    assert any(f.verdict is Verdict.INFO and "home page" in f.text for f in findings)
+
+
+def answer(fault: int | None = None, text: str = "") -> bytes:
+    if fault is None:
+        return xmlrpc.client.dumps((text,), methodresponse=True).encode()
+    return xmlrpc.client.dumps(xmlrpc.client.Fault(fault, text), methodresponse=True).encode()
+
+
+JUDGE = [
+    pytest.param(200, answer(None, "Pingback from a to b was successful!"), Verdict.OK, id="success"),
+    pytest.param(200, answer(17, "no_link_found"), Verdict.OK, id="receiver-17"),
+    pytest.param(200, answer(48, "already_registered"), Verdict.OK, id="receiver-48"),
+    pytest.param(200, answer(0, "HTTP 400 invalid_request"), Verdict.OK, id="receiver-0"),
+    pytest.param(200, answer(0, "Missing 'forward' parameter"), Verdict.FAIL, id="missing-forward"),
+    pytest.param(200, answer(49, "refused"), Verdict.FAIL, id="access-denied"),
+    pytest.param(200, answer(50, "upstream: could not connect"), Verdict.FAIL, id="upstream"),
+    pytest.param(200, answer(-32601, "no such method"), Verdict.FAIL, id="xmlrpc"),
+    pytest.param(200, b"<html>hello</html>", Verdict.FAIL, id="not-xmlrpc"),
+    pytest.param(405, b"", Verdict.FAIL, id="http-405"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "verdict"), JUDGE)
+def test_judge_ping(status: int, body: bytes, verdict: Verdict) -> None:
+    assert judge_ping(status, body).verdict is verdict
+
+
+def html_page(pingback: str, webmention: str) -> bytes:
+    return (
+        f'<!doctype html><html><head><link rel="pingback" href="{pingback}">'
+        f'<link rel="webmention" href="{webmention}"></head><body><p>A post.</p></body></html>'
+    ).encode()
+
+
+@pytest.mark.anyio
+async def test_check_follows_redirects_and_resolves_against_the_final_url(local_settings: Settings) -> None:
+    with serve_site({}) as site:
+        endpoint = site.url("/blog/wm")
+        site.replies["/old"] = Reply(301, headers=[("Location", "/blog/post")])
+        site.replies["/blog/post"] = Reply(
+            200, html_page(PF + quote(endpoint, safe=""), "wm"), [("Content-Type", "text/html")]
+        )
+        async with make_client(local_settings) as client:
+            analysis = await check(client, site.url("/old"))
+    assert analysis.ok, analysis.findings
+    assert analysis.findings[0].text == f"fetched {site.url('/blog/post')} (HTTP 200)"
+    assert analysis.findings[-1].verdict is Verdict.INFO  # no test ping without --ping
+    assert [method for method, _, _ in site.requests] == ["HEAD", "HEAD", "GET", "GET"]
+
+
+@pytest.mark.anyio
+async def test_check_unreachable(local_settings: Settings) -> None:
+    async with make_client(local_settings) as client:
+        analysis = await check(client, f"http://127.0.0.1:{free_port()}/post")
+    assert not analysis.ok
+    assert analysis.findings[0].text.startswith("could not fetch")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("reply", "verdict", "words"),
+    [
+        pytest.param(Reply(202, b'{"result": "thanks"}'), Verdict.OK, "test ping delivered: thanks", id="accepted"),
+        pytest.param(Reply(400, b'{"error": "no_link_found"}'), Verdict.OK, "fault 17 no_link_found", id="refused"),
+        pytest.param(Reply(503, b""), Verdict.FAIL, "fault 50 upstream: HTTP 503", id="unavailable"),
+    ],
+)
+async def test_check_with_ping(local_settings: Settings, reply: Reply, verdict: Verdict, words: str) -> None:
+    with serve_site({}) as site, serve_app(create_app(local_settings)) as proxy:
+        endpoint = site.url("/wm")
+        site.replies["/post"] = Reply(200, html_page(f"{proxy}/?forward={quote(endpoint, safe='')}", endpoint))
+        site.replies["/wm"] = reply
+        async with make_client(local_settings) as client:
+            analysis = await check(client, site.url("/post"), ping=True, source="https://elsewhere.example/linking")
+    last = analysis.findings[-1]
+    assert (last.verdict, analysis.ok) == (verdict, verdict is Verdict.OK), analysis.findings
+    assert words in last.text
+    (sent,) = [body for method, path, body in site.requests if method == "POST"]
+    assert parse_qs(sent.decode()) == {"source": ["https://elsewhere.example/linking"], "target": [site.url("/post")]}
+
+
+def test_cli_exit_status(capsys: pytest.CaptureFixture[str], local_env: dict[str, str]) -> None:
+    with serve_site({}) as site:
+        endpoint = site.url("/wm")
+        site.replies["/good"] = Reply(200, html_page(PF + quote(endpoint, safe=""), endpoint))
+        site.replies["/bad"] = Reply(200, html_page(f"{PF}{endpoint}?a=1&amp;b=2", endpoint + "?a=1&amp;b=\x1b[2J"))
+        assert main(["check", site.url("/good")]) == 0
+        good = capsys.readouterr().out
+        assert main(["check", site.url("/bad")]) == 1
+        bad = capsys.readouterr().out
+    assert good.splitlines()[-1] == "no problems found"
+    assert f"ok    forwards to {endpoint}" in good.splitlines()
+    assert bad.splitlines()[-1] == "1 problem found"
+    assert "FAIL  forward differs" in bad and "\x1b" not in bad and "\\x1b[2J" in bad

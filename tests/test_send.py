@@ -1,0 +1,363 @@
+"""The sender: pure outcome tables, then whole sends against respx-mocked sites."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import xmlrpc.client
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+
+from pingforward.config import Settings
+from pingforward.send import (
+    Limits,
+    Report,
+    Result,
+    SendError,
+    Status,
+    classify_pingback,
+    classify_webmention,
+    fetch_source,
+    notify,
+    send,
+)
+from pingforward.transport import make_client
+from pingforward.webmention import Protocol
+
+
+def fault(code: int, message: str = "x") -> bytes:
+    return xmlrpc.client.dumps(xmlrpc.client.Fault(code, message), methodresponse=True).encode()
+
+
+def success(text: str) -> bytes:
+    return xmlrpc.client.dumps((text,), methodresponse=True).encode()
+
+
+WEBMENTION_CASES = [
+    pytest.param(200, None, b"", Status.SENT, "accepted", id="200"),
+    pytest.param(201, "https://e.org/s/1", b"", Status.SENT, "created, status at https://e.org/s/1", id="201"),
+    pytest.param(202, None, b'{"summary": "Queued"}', Status.SENT, "accepted for processing: Queued", id="202-json"),
+    pytest.param(204, None, b"", Status.SENT, "accepted", id="204"),
+    pytest.param(301, "https://e.org/wm2", b"", Status.FAILED, "redirected to https://e.org/wm2 (301)", id="301"),
+    pytest.param(302, None, b"", Status.FAILED, "redirected (302)", id="302-no-location"),
+    pytest.param(
+        400,
+        None,
+        b'{"error": "no_link_found", "error_description": "no link"}',
+        Status.FAILED,
+        "refused it (400): no_link_found: no link",
+        id="400-json",
+    ),
+    pytest.param(404, None, b"<html><body>Not found</body></html>", Status.FAILED, "refused it (404)", id="404-html"),
+    pytest.param(410, None, b"Gone for good", Status.FAILED, "refused it (410): Gone for good", id="410-text"),
+    pytest.param(429, None, b"", Status.ERROR, "answered 429", id="429"),
+    pytest.param(500, None, b"boom", Status.ERROR, "answered 500: boom", id="500"),
+    pytest.param(503, None, b"", Status.ERROR, "answered 503", id="503"),
+]
+
+
+@pytest.mark.parametrize(("status", "location", "body", "bucket", "words"), WEBMENTION_CASES)
+def test_classify_webmention(status: int, location: str | None, body: bytes, bucket: Status, words: str) -> None:
+    got, detail = classify_webmention(status, location, body)
+    assert (got, words in detail) == (bucket, True), detail
+
+
+PINGBACK_CASES = [
+    pytest.param(200, success("Pingback registered."), Status.SENT, "Pingback registered.", id="success"),
+    pytest.param(200, fault(48, "Already"), Status.SENT, "already registered", id="fault-48-is-success"),
+    pytest.param(200, fault(17, "No link"), Status.FAILED, "fault 17: No link", id="fault-17"),
+    pytest.param(200, fault(33), Status.FAILED, "fault 33", id="fault-33"),
+    pytest.param(200, fault(50, "upstream: HTTP 503"), Status.ERROR, "fault 50", id="fault-50-transient"),
+    pytest.param(200, fault(-32603), Status.ERROR, "fault -32603", id="internal-error-transient"),
+    pytest.param(200, fault(99, "odd"), Status.FAILED, "fault 0: odd", id="unknown-code"),
+    pytest.param(400, fault(0, "webmention.io style"), Status.FAILED, "fault 0", id="fault-with-400"),
+    pytest.param(502, fault(0, "bad gateway"), Status.ERROR, "answered 502", id="generic-fault-with-502"),
+    pytest.param(200, b"<html>not xml-rpc</html>", Status.FAILED, "fault -32", id="html-200"),
+    pytest.param(404, b"<html>Not found</html>", Status.FAILED, "refused it (404)", id="404"),
+    pytest.param(503, b"", Status.ERROR, "answered 503", id="503"),
+    pytest.param(500, success("ok?"), Status.ERROR, "answered 500", id="success-with-500"),
+    pytest.param(403, success("ok?"), Status.FAILED, "answered 403", id="success-with-403"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "bucket", "words"), PINGBACK_CASES)
+def test_classify_pingback(status: int, body: bytes, bucket: Status, words: str) -> None:
+    got, detail = classify_pingback(status, body)
+    assert (got, words in detail) == (bucket, True), detail
+
+
+def test_report_ok() -> None:
+    def report(*statuses: Status) -> Report:
+        return Report("s", tuple(Result("t", status, "") for status in statuses))
+
+    assert report(Status.SENT, Status.SKIPPED, Status.DISCOVERED).ok
+    assert report().ok
+    assert not report(Status.SENT, Status.FAILED).ok
+    assert not report(Status.ERROR).ok
+
+
+# Whole sends against respx. Nothing leaves the process: unmatched requests fail the test.
+
+SRC = "https://me.example/post"
+
+
+def page(*links: str, head: str = "") -> httpx.Response:
+    anchors = " ".join(f'<a href="{link}">x</a>' for link in links)
+    body = f'<html><head>{head}</head><body><nav><a href="/">home</a></nav><article>{anchors}</article></body></html>'
+    return httpx.Response(200, html=body)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(Settings(timeout=5.0)) as client:
+        yield client
+
+
+def form(request: httpx.Request) -> dict[str, list[str]]:
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    return parse_qs(request.content.decode())
+
+
+@pytest.mark.anyio
+async def test_send_webmention_pingback_and_nothing(respx_mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    respx_mock.get(SRC).mock(
+        return_value=page(
+            "https://a.example/moved?x=1",
+            "https://b.example/wp",
+            "https://c.example/plain",
+            "mailto:me@me.example",
+            "#top",
+        )
+    )
+    # a: the target redirects (relative Location); its relative endpoint resolves against the
+    # final URL, and the POST names the target as linked, not where it moved to.
+    respx_mock.get("https://a.example/moved?x=1").mock(return_value=httpx.Response(302, headers={"Location": "new/"}))
+    respx_mock.get("https://a.example/new/").mock(
+        return_value=httpx.Response(200, headers={"Link": "<wm?k=1>; rel=webmention"}, html="<p>a</p>")
+    )
+    a_endpoint = respx_mock.post("https://a.example/new/wm?k=1").mock(
+        return_value=httpx.Response(201, headers={"Location": "/status/9"})
+    )
+    respx_mock.get("https://b.example/wp").mock(
+        return_value=httpx.Response(200, headers={"X-Pingback": "https://b.example/xmlrpc.php"}, html="<p>b</p>")
+    )
+    b_server = respx_mock.post("https://b.example/xmlrpc.php").mock(
+        return_value=httpx.Response(200, content=fault(48, "Already registered"))
+    )
+    respx_mock.get("https://c.example/plain").mock(return_value=httpx.Response(200, html="<p>nothing</p>"))
+
+    report = await send(client, SRC)
+
+    assert [(r.target, r.status, r.protocol) for r in report.results] == [
+        ("https://a.example/moved?x=1", Status.SENT, Protocol.WEBMENTION),
+        ("https://b.example/wp", Status.SENT, Protocol.PINGBACK),
+        ("https://c.example/plain", Status.SKIPPED, None),
+    ]
+    assert report.ok
+    assert report.results[0].location == "https://a.example/status/9"
+    assert report.results[0].endpoint == "https://a.example/new/wm?k=1"
+    assert form(a_endpoint.calls.last.request) == {"source": [SRC], "target": ["https://a.example/moved?x=1"]}
+    assert xmlrpc.client.loads(b_server.calls.last.request.content) == (
+        (SRC, "https://b.example/wp"),
+        "pingback.ping",
+    )
+
+
+@pytest.mark.anyio
+async def test_endpoint_redirect_is_reported_not_followed(
+    respx_mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    respx_mock.get(SRC).mock(return_value=page("https://a.example/"))
+    respx_mock.get("https://a.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "</wm>; rel=webmention"})
+    )
+    endpoint = respx_mock.post("https://a.example/wm").mock(
+        return_value=httpx.Response(301, headers={"Location": "https://a.example/wm2"})
+    )
+    report = await send(client, SRC)
+    assert endpoint.call_count == 1
+    assert report.results[0].status == Status.FAILED
+    assert "https://a.example/wm2" in report.results[0].detail
+    assert not report.ok
+
+
+@pytest.mark.anyio
+async def test_target_failures_land_in_their_buckets(respx_mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    respx_mock.get(SRC).mock(
+        return_value=page(
+            "https://down.example/",
+            "https://slow.example/",
+            "https://gone.example/",
+            "https://busy.example/",
+            "https://loop.example/",
+            "https://wm500.example/",
+            "https://ftp.example/",
+        )
+    )
+    respx_mock.get("https://down.example/").mock(side_effect=httpx.ConnectError("refused"))
+    respx_mock.get("https://slow.example/").mock(side_effect=httpx.ReadTimeout("slow"))
+    respx_mock.get("https://gone.example/").mock(return_value=httpx.Response(410, html="gone"))
+    respx_mock.get("https://busy.example/").mock(return_value=httpx.Response(503))
+    respx_mock.get("https://loop.example/").mock(return_value=httpx.Response(302, headers={"Location": "/"}))
+    respx_mock.get("https://wm500.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "</wm>; rel=webmention"})
+    )
+    respx_mock.post("https://wm500.example/wm").mock(return_value=httpx.Response(500))
+    respx_mock.get("https://ftp.example/").mock(return_value=httpx.Response(301, headers={"Location": "ftp://f/x"}))
+
+    report = await send(client, SRC, limits=Limits(max_redirects=3))
+
+    assert [result.status for result in report.results] == [
+        Status.ERROR,
+        Status.ERROR,
+        Status.SKIPPED,
+        Status.ERROR,
+        Status.SKIPPED,
+        Status.ERROR,
+        Status.SKIPPED,
+    ]
+    assert "more than 3 redirects" in report.results[4].detail
+    assert report.results[5].http_status == 500
+    assert report.results[5].endpoint == "https://wm500.example/wm"
+
+
+@pytest.mark.anyio
+async def test_dry_run_discovers_and_sends_nothing(respx_mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    respx_mock.get(SRC).mock(return_value=page("https://a.example/", "https://b.example/"))
+    respx_mock.get("https://a.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "</wm>; rel=webmention"})
+    )
+    respx_mock.get("https://b.example/").mock(
+        return_value=httpx.Response(200, html='<link rel="pingback" href="https://b.example/xmlrpc">')
+    )
+    report = await send(client, SRC, dry_run=True)
+    assert [(r.status, r.protocol, r.endpoint) for r in report.results] == [
+        (Status.DISCOVERED, Protocol.WEBMENTION, "https://a.example/wm"),
+        (Status.DISCOVERED, Protocol.PINGBACK, "https://b.example/xmlrpc"),
+    ]
+    assert all(call.request.method == "GET" for call in respx_mock.calls)
+
+
+@pytest.mark.anyio
+async def test_source_problems_raise(respx_mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    respx_mock.get("https://me.example/404").mock(return_value=httpx.Response(404))
+    respx_mock.get("https://me.example/503").mock(return_value=httpx.Response(503))
+    respx_mock.get("https://me.example/img").mock(
+        return_value=httpx.Response(200, content=b"\x89PNG", headers={"Content-Type": "image/png"})
+    )
+    respx_mock.get("https://me.example/down").mock(side_effect=httpx.ConnectError("refused"))
+    expected = {
+        "https://me.example/404": Status.FAILED,
+        "https://me.example/503": Status.ERROR,
+        "https://me.example/img": Status.FAILED,
+        "https://me.example/down": Status.ERROR,
+        "ftp://me.example/x": Status.FAILED,
+    }
+    for url, bucket in expected.items():
+        with pytest.raises(SendError) as caught:
+            await fetch_source(client, url)
+        assert caught.value.status == bucket, url
+
+
+@pytest.mark.anyio
+async def test_compressed_pages_are_read_within_the_cap(
+    respx_mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    html = ('<a href="https://a.example/">a</a>' + " " * 5000 + '<a href="https://b.example/">b</a>').encode()
+    respx_mock.get(SRC).mock(
+        return_value=httpx.Response(
+            200, content=gzip.compress(html), headers={"Content-Encoding": "gzip", "Content-Type": "text/html"}
+        )
+    )
+    source = await fetch_source(client, SRC)
+    assert source.targets == ("https://a.example/", "https://b.example/")
+    # With a cap below the second link, only the first one is seen.
+    source = await fetch_source(client, SRC, limits=Limits(max_bytes=1000))
+    assert source.targets == ("https://a.example/",)
+
+
+@pytest.mark.anyio
+async def test_per_host_limit_and_target_cap(respx_mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    links = [f"https://{host}.example/{n}" for host in ("one", "two") for n in range(6)]
+    respx_mock.get(SRC).mock(return_value=page(*links))
+    in_flight: dict[str, int] = {"one.example": 0, "two.example": 0}
+    most: dict[str, int] = {"one.example": 0, "two.example": 0}
+    seen: list[str] = []
+
+    async def slow_page(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        in_flight[host] += 1
+        most[host] = max(most[host], in_flight[host])
+        seen.append(str(request.url))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        in_flight[host] -= 1
+        return httpx.Response(200, html="<p>none</p>")
+
+    respx_mock.get(url__regex=r"https://(one|two)\.example/\d").mock(side_effect=slow_page)
+    progress: list[Result] = []
+    source = await fetch_source(client, SRC)
+    results = await notify(
+        client, source, limits=Limits(per_host=2, concurrency=8, max_targets=10), on_result=progress.append
+    )
+    assert most == {"one.example": 2, "two.example": 2}
+    assert [r.target for r in results] == links
+    assert [r.status for r in results] == [Status.SKIPPED] * 12
+    assert results[-1].detail == "over the limit of 10 links"
+    assert len(seen) == 10
+    assert sorted(r.target for r in progress) == sorted(links[:10])
+
+
+@pytest.mark.anyio
+async def test_deadline_turns_unfinished_targets_into_errors(
+    respx_mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    respx_mock.get(SRC).mock(return_value=page("https://stuck.example/", "https://fine.example/"))
+    never = asyncio.Event()
+
+    async def stuck(request: httpx.Request) -> httpx.Response:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    respx_mock.get("https://stuck.example/").mock(side_effect=stuck)
+    respx_mock.get("https://fine.example/").mock(return_value=httpx.Response(200, html="<p>none</p>"))
+    report = await send(client, SRC, limits=Limits(deadline=0.2))
+    assert [(r.status, "deadline" in r.detail) for r in report.results] == [
+        (Status.ERROR, True),
+        (Status.SKIPPED, False),
+    ]
+    report = await send(client, SRC, limits=Limits(target_timeout=0.2))
+    assert "within 0.2 s" in report.results[0].detail
+
+
+@pytest.mark.anyio
+async def test_policy_refusals_are_skips_and_sender_requests_carry_no_via(
+    respx_mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    # The default policy refuses loopback before any connection is attempted.
+    respx_mock.get(SRC).mock(return_value=page("http://127.0.0.1/local", "https://a.example/", "https://b.example/"))
+    respx_mock.get("https://a.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "<http://127.0.0.1/wm>; rel=webmention"})
+    )
+    respx_mock.get("https://b.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "</wm>; rel=webmention"})
+    )
+    endpoint = respx_mock.post("https://b.example/wm").mock(return_value=httpx.Response(202))
+    report = await send(client, SRC)
+    assert [(r.status, r.detail.startswith("refused: ")) for r in report.results] == [
+        (Status.SKIPPED, True),
+        (Status.SKIPPED, True),
+        (Status.SENT, False),
+    ]
+    assert report.results[1].endpoint == "http://127.0.0.1/wm"
+    # Via marks the proxy's forwards; a pingforward proxy answers 508 to a request carrying it.
+    assert all("via" not in call.request.headers for call in respx_mock.calls)
+    assert endpoint.call_count == 1
+    with pytest.raises(SendError) as caught:
+        await fetch_source(client, "http://127.0.0.1/post")
+    assert caught.value.status == Status.FAILED
+    assert caught.value.detail.startswith("refused: ")
