@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -15,7 +16,7 @@ from pingforward.config import LogFormat
 from pingforward.pingback import FaultCode
 
 MAX_FIELD: Final = 512  # long enough for a URL, short enough that one ping stays one readable line
-_BARE: Final = frozenset(map(chr, range(0x21, 0x7F))) - set('"=\\')
+_NOT_BARE: Final = re.compile(r'[^\x21-\x7e]|["=\\]')  # not printable ASCII, or a quote, "=" or backslash
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def _quote(value: str | int | float | None) -> str:
     if value is None:
         return "-"
     text = f"{value:.1f}" if isinstance(value, float) else str(value)
-    if text and all(ch in _BARE for ch in text):
+    if text and not _NOT_BARE.search(text):
         return text
     # ensure_ascii escapes every control and line-separator character (\n, \x85, \u2028...).
     return json.dumps(text, ensure_ascii=True)
