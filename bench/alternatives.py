@@ -7,6 +7,8 @@ dials through `pingforward.transport.resolve`, so the address policy costs the s
     .venv/bin/python bench/run.py --app alternatives:stock             # httpx's own pool (httpcore 1.0)
     .venv/bin/python bench/run.py --app alternatives:stock_wide        # the same, 1,000 connections
     .venv/bin/python bench/run.py --app alternatives:pool_with_cookies # pool.py under a plain AsyncClient
+    .venv/bin/python bench/run.py --app alternatives:no_forward        # diagnosis: no outbound HTTP at all
+    .venv/bin/python bench/run.py --app alternatives:no_network        # diagnosis: httpx, but no sockets
     /other/venv/bin/python bench/run.py --app alternatives:aiohttp_transport  # needs httpx-aiohttp
 """
 
@@ -24,6 +26,8 @@ from starlette.applications import Starlette
 
 import pingforward.app
 from pingforward.config import Settings
+from pingforward.forward import Outcome
+from pingforward.pingback import Ping
 from pingforward.policy import Policy
 from pingforward.transport import LIMITS, USER_AGENT, VIA, Client, PolicyTransport, resolve
 
@@ -58,7 +62,7 @@ def _app_with(
             headers={"User-Agent": USER_AGENT, "Via": VIA},
         )
 
-    pingforward.app.make_client = make_client  # type: ignore[assignment]  # the lifespan looks it up per start
+    pingforward.app.make_client = make_client  # type: ignore[attr-defined]  # the lifespan looks it up per start
     return pingforward.app.create_app()
 
 
@@ -118,10 +122,10 @@ def pool_with_cookies() -> Starlette:
 
 def aiohttp_transport() -> Starlette:
     """httpx-aiohttp's transport: aiohttp's connector under httpx, resolving through the policy."""
-    import aiohttp as aio
-    from httpx_aiohttp import AiohttpTransport
+    import aiohttp as aio  # type: ignore[import-not-found]
+    from httpx_aiohttp import AiohttpTransport  # type: ignore[import-not-found]
 
-    class PolicyResolver(aio.abc.AbstractResolver):
+    class PolicyResolver(aio.abc.AbstractResolver):  # type: ignore[misc]
         def __init__(self, settings: Settings) -> None:
             self._resolve = _checked(settings.policy)
 
@@ -146,6 +150,34 @@ def aiohttp_transport() -> Starlette:
             connector = aio.TCPConnector(limit=1000, limit_per_host=0, resolver=PolicyResolver(settings))
             return aio.ClientSession(connector=connector)
 
-        return AiohttpTransport(client=session)
+        return AiohttpTransport(client=session)  # type: ignore[no-any-return]
 
     return _app_with(transport)
+
+
+# --- Not designs: the same app with layers cut away, to see what each layer costs (bench/README.md) ---
+
+
+def no_forward() -> Starlette:
+    """Everything up to forward(), which answers at once without HTTP: Starlette plus our own code."""
+
+    async def delivered(client: httpx.AsyncClient, ping: Ping, url: str, *, client_ip: str, timeout: float) -> Outcome:
+        return Outcome(f"Pingback from {ping.source} to {ping.target} was successful!", None, 202)
+
+    pingforward.app.forward = delivered  # type: ignore[attr-defined]
+    return pingforward.app.create_app()
+
+
+class _Answered(httpx.AsyncBaseTransport):
+    """A transport that answers every request at once with the sink's 202, without a socket."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        body = b'{"status":"queued","summary":"Webmention was queued for processing"}'
+        headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))]
+        return httpx.Response(202, headers=headers, stream=httpx.ByteStream(body))
+
+
+def no_network() -> Starlette:
+    """forward() and the httpx client run, but the transport answers without a socket."""
+    return _app_with(lambda settings: _Answered())
