@@ -288,3 +288,15 @@ def test_cli_exit_status(capsys: pytest.CaptureFixture[str], local_env: dict[str
     assert f"ok    forwards to {endpoint}" in good.splitlines()
     assert bad.splitlines()[-1] == "1 problem found"
     assert "FAIL  forward differs" in bad and "\x1b" not in bad and "\\x1b[2J" in bad
+
+
+def test_check_reads_the_page_in_its_declared_charset(
+    capsys: pytest.CaptureFixture[str], local_env: dict[str, str]
+) -> None:
+    # No charset in Content-Type, a <meta charset>: decoded as the sender decodes (HTML §13.2.3.2 prescan).
+    with serve_site({}) as site:
+        endpoint = site.url("/wé")
+        body = f'<meta charset="iso-8859-1">{html_page(PF + quote(endpoint, safe=""), "/wé").decode()}'
+        site.replies["/post"] = Reply(200, body.encode("latin-1"), [("Content-Type", "text/html")])
+        assert main(["check", site.url("/post")]) == 0, capsys.readouterr().out
+    assert f"ok    forward matches the page's Webmention endpoint {endpoint}" in capsys.readouterr().out.splitlines()
