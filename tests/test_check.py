@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import xmlrpc.client
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given
@@ -21,7 +21,7 @@ from pingforward.cli import main
 from pingforward.config import Settings
 from pingforward.pingback import is_http_url
 from pingforward.transport import make_client
-from tests.servers import Reply, free_port, serve_app, serve_site
+from tests.servers import Answer, free_port, serve_app, serve_site
 
 PF = "https://pf.example/?forward="
 WM = "https://wm.example/webmention"
@@ -230,18 +230,20 @@ def html_page(pingback: str, webmention: str) -> bytes:
 
 @pytest.mark.anyio
 async def test_check_follows_redirects_and_resolves_against_the_final_url(local_settings: Settings) -> None:
-    with serve_site({}) as site:
+    with serve_site() as site:
         endpoint = site.url("/blog/wm")
-        site.replies["/old"] = Reply(301, headers=[("Location", "/blog/post")])
-        site.replies["/blog/post"] = Reply(
-            200, html_page(PF + quote(endpoint, safe=""), "wm"), [("Content-Type", "text/html")]
+        site.routes[("GET", "/old")] = (301, [("Location", "/blog/post")], b"")
+        site.routes[("GET", "/blog/post")] = (
+            200,
+            [("Content-Type", "text/html")],
+            html_page(PF + quote(endpoint, safe=""), "wm"),
         )
         async with make_client(local_settings) as client:
             analysis = await check(client, site.url("/old"))
     assert analysis.ok, analysis.findings
     assert analysis.findings[0].text == f"fetched {site.url('/blog/post')} (HTTP 200)"
     assert analysis.findings[-1].verdict is Verdict.INFO  # no test ping without --ping
-    assert [method for method, _, _ in site.requests] == ["HEAD", "HEAD", "GET", "GET"]
+    assert [request.method for request in site.log] == ["HEAD", "HEAD", "GET", "GET"]
 
 
 @pytest.mark.anyio
@@ -256,30 +258,34 @@ async def test_check_unreachable(local_settings: Settings) -> None:
 @pytest.mark.parametrize(
     ("reply", "verdict", "words"),
     [
-        pytest.param(Reply(202, b'{"result": "thanks"}'), Verdict.OK, "test ping delivered: thanks", id="accepted"),
-        pytest.param(Reply(400, b'{"error": "no_link_found"}'), Verdict.OK, "fault 17 no_link_found", id="refused"),
-        pytest.param(Reply(503, b""), Verdict.FAIL, "fault 50 upstream: HTTP 503", id="unavailable"),
+        pytest.param((202, [], b'{"result": "thanks"}'), Verdict.OK, "test ping delivered: thanks", id="accepted"),
+        pytest.param((400, [], b'{"error": "no_link_found"}'), Verdict.OK, "fault 17 no_link_found", id="refused"),
+        pytest.param((503, [], b""), Verdict.FAIL, "fault 50 upstream: HTTP 503", id="unavailable"),
     ],
 )
-async def test_check_with_ping(local_settings: Settings, reply: Reply, verdict: Verdict, words: str) -> None:
-    with serve_site({}) as site, serve_app(create_app(local_settings)) as proxy:
+async def test_check_with_ping(local_settings: Settings, reply: Answer, verdict: Verdict, words: str) -> None:
+    with serve_site() as site, serve_app(create_app(local_settings)) as proxy:
         endpoint = site.url("/wm")
-        site.replies["/post"] = Reply(200, html_page(f"{proxy}/?forward={quote(endpoint, safe='')}", endpoint))
-        site.replies["/wm"] = reply
+        site.routes[("GET", "/post")] = (200, [], html_page(f"{proxy}/?forward={quote(endpoint, safe='')}", endpoint))
+        site.routes[("POST", "/wm")] = reply
         async with make_client(local_settings) as client:
             analysis = await check(client, site.url("/post"), ping=True, source="https://elsewhere.example/linking")
     last = analysis.findings[-1]
     assert (last.verdict, analysis.ok) == (verdict, verdict is Verdict.OK), analysis.findings
     assert words in last.text
-    (sent,) = [body for method, path, body in site.requests if method == "POST"]
-    assert parse_qs(sent.decode()) == {"source": ["https://elsewhere.example/linking"], "target": [site.url("/post")]}
+    (sent,) = [request for request in site.log if request.method == "POST"]
+    assert sent.form == {"source": ["https://elsewhere.example/linking"], "target": [site.url("/post")]}
 
 
 def test_cli_exit_status(capsys: pytest.CaptureFixture[str], local_env: dict[str, str]) -> None:
-    with serve_site({}) as site:
+    with serve_site() as site:
         endpoint = site.url("/wm")
-        site.replies["/good"] = Reply(200, html_page(PF + quote(endpoint, safe=""), endpoint))
-        site.replies["/bad"] = Reply(200, html_page(f"{PF}{endpoint}?a=1&amp;b=2", endpoint + "?a=1&amp;b=\x1b[2J"))
+        site.routes[("GET", "/good")] = (200, [], html_page(PF + quote(endpoint, safe=""), endpoint))
+        site.routes[("GET", "/bad")] = (
+            200,
+            [],
+            html_page(f"{PF}{endpoint}?a=1&amp;b=2", endpoint + "?a=1&amp;b=\x1b[2J"),
+        )
         assert main(["check", site.url("/good")]) == 0
         good = capsys.readouterr().out
         assert main(["check", site.url("/bad")]) == 1
@@ -294,9 +300,9 @@ def test_check_reads_the_page_in_its_declared_charset(
     capsys: pytest.CaptureFixture[str], local_env: dict[str, str]
 ) -> None:
     # No charset in Content-Type, a <meta charset>: decoded as the sender decodes (HTML §13.2.3.2 prescan).
-    with serve_site({}) as site:
+    with serve_site() as site:
         endpoint = site.url("/wé")
         body = f'<meta charset="iso-8859-1">{html_page(PF + quote(endpoint, safe=""), "/wé").decode()}'
-        site.replies["/post"] = Reply(200, body.encode("latin-1"), [("Content-Type", "text/html")])
+        site.routes[("GET", "/post")] = (200, [("Content-Type", "text/html")], body.encode("latin-1"))
         assert main(["check", site.url("/post")]) == 0, capsys.readouterr().out
     assert f"ok    forward matches the page's Webmention endpoint {endpoint}" in capsys.readouterr().out.splitlines()
