@@ -21,6 +21,7 @@ import httpx
 from pingforward.forward import ForwardError, parse_forward
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
 from pingforward.policy import Refused
+from pingforward.send import read_capped
 from pingforward.webmention import decode, discover_webmention, header_values, pingback_link, rel_hrefs
 
 MAX_PAGE: Final = 1024 * 1024
@@ -223,16 +224,12 @@ async def fetch_page(client: httpx.AsyncClient, url: str) -> Page:
     """HEAD then GET `url` as WordPress does, following redirects; raise `httpx.HTTPError`."""
     head = await client.head(url, follow_redirects=True)
     async with client.stream("GET", url, follow_redirects=True) as response:
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) >= MAX_PAGE:
-                break
+        body = await read_capped(response, MAX_PAGE)  # inflates within the cap: no gzip bomb
         headers = tuple(response.headers.multi_items())
         return Page(
             url=str(response.url),
             status=response.status_code,
-            html=decode(headers, bytes(body[:MAX_PAGE])),
+            html=decode(headers, body),
             headers=headers,
             head_pingback=head.headers.get("x-pingback"),
         )

@@ -306,3 +306,36 @@ def test_check_reads_the_page_in_its_declared_charset(
         site.routes[("GET", "/post")] = (200, [("Content-Type", "text/html")], body.encode("latin-1"))
         assert main(["check", site.url("/post")]) == 0, capsys.readouterr().out
     assert f"ok    forward matches the page's Webmention endpoint {endpoint}" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.anyio
+async def test_fetch_page_never_inflates_a_gzip_bomb() -> None:
+    # A real server on 127.0.0.1: respx itself would read and inflate the mocked body.
+    import asyncio
+    import gzip
+    import tracemalloc
+
+    from pingforward.check import fetch_page
+
+    bomb = gzip.compress(b"<p>" + b"\0" * (50 * 1024 * 1024))
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while request := await reader.readuntil(b"\r\n\r\n"):
+                writer.write(head % len(bomb) + (b"" if request.startswith(b"HEAD") else bomb))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/post"
+    tracemalloc.start()
+    try:
+        async with server, make_client(Settings(allow_private_networks=True, allowed_ports=None)) as client:
+            page = await fetch_page(client, url)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert page.html.startswith("<p>")
+    assert peak < 20 * 1024 * 1024, peak  # the bomb inflates to 50 MiB
