@@ -1,27 +1,28 @@
 """`pingforward check`: does a page advertise its pingback endpoint so that senders forward it right?
 
-`analyze` and the discovery functions are pure and table-tested; `fetch_page`, `send_test_ping` and
-`check` are the I/O, always through an `httpx.AsyncClient` from `transport.make_client`, whose address
-policy applies here too (PINGFORWARD_ALLOW_PRIVATE_NETWORKS=true to check a site on a private network).
+`analyze` and `wordpress_pingback` are pure and table-tested; discovery is the sender's own
+(`pingforward.webmention`). `fetch_page`, `send_test_ping` and `check` are the I/O, always through an
+`httpx.AsyncClient` from `transport.make_client`, whose address policy applies here too
+(PINGFORWARD_ALLOW_PRIVATE_NETWORKS=true to check a site on a private network).
 Specs: https://www.hixie.ch/specs/pingback/pingback#TOC2 (discovery) and
 https://www.w3.org/TR/webmention/#sender-discovers-receiver-webmention-endpoint.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from html.parser import HTMLParser
 from typing import Final
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
 from pingforward.forward import ForwardError, parse_forward
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
 from pingforward.policy import Refused
+from pingforward.send import read_capped
+from pingforward.webmention import decode, discover_webmention, header_values, pingback_link, rel_hrefs
 
 MAX_PAGE: Final = 1024 * 1024
 MAX_ANSWER: Final = 64 * 1024
@@ -46,8 +47,7 @@ class Page:
     url: str
     status: int
     html: str
-    pingback_headers: tuple[str, ...] = ()
-    link_headers: tuple[str, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # the GET response's fields, in order
     head_pingback: str | None = None
 
 
@@ -59,23 +59,6 @@ class Analysis:
     @property
     def ok(self) -> bool:
         return all(finding.verdict is not Verdict.FAIL for finding in self.findings)
-
-
-# Pingback 1.0 §2.3: "search the entity body for the first match of the following regular expression:
-# <link rel="pingback" href="([^"]+)" ?/?>" and then expand "&amp; &lt; &gt; &quot;" (and nothing else).
-_SPEC_LINK: Final = re.compile(r'<link rel="pingback" href="([^"]+)" ?/?>')
-_SPEC_ENTITIES: Final = (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&amp;", "&"))
-
-
-def spec_pingback(html: str) -> str | None:
-    """The endpoint a client following the spec's regular expression reads from the body."""
-    match = _SPEC_LINK.search(html)
-    if match is None:
-        return None
-    href = match[1]
-    for entity, char in _SPEC_ENTITIES:
-        href = href.replace(entity, char)
-    return href
 
 
 def wordpress_pingback(head_pingback: str | None, html: str) -> str | None:
@@ -100,57 +83,6 @@ def wordpress_pingback(head_pingback: str | None, html: str) -> str | None:
     return html[start:end]
 
 
-class _Links(HTMLParser):
-    """`<link>` and `<a>` elements with their rel tokens and (entity-decoded) href, in document order."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.found: list[tuple[str, frozenset[str], str | None]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("link", "a"):
-            values = dict(attrs)
-            rel = frozenset((values.get("rel") or "").lower().split())
-            self.found.append((tag, rel, values.get("href")))
-
-    handle_startendtag = handle_starttag
-
-
-def _links(html: str) -> list[tuple[str, frozenset[str], str | None]]:
-    parser = _Links()
-    parser.feed(html)
-    parser.close()
-    return parser.found
-
-
-def pingback_links(html: str) -> list[str]:
-    """The href of every `<link rel="pingback">`, as an HTML parser reads them."""
-    return [href for tag, rel, href in _links(html) if tag == "link" and "pingback" in rel and href is not None]
-
-
-_LINK_VALUE: Final = re.compile(r"<([^>]*)>([^<]*)")
-_REL_PARAM: Final = re.compile(r';\s*rel\s*=\s*(?:"([^"]*)"|([^;,\s]+))', re.IGNORECASE)
-
-
-def webmention_endpoint(url: str, link_headers: Iterable[str], html: str) -> str | None:
-    """The page's Webmention endpoint: the first Link header with rel webmention, else the first element.
-
-    A minimal stand-in for the sender's discovery in `pingforward.webmention`; swap it in when merged.
-    """
-    # Webmention §3.1.2: "check for an HTTP Link header with a rel value of webmention. If the content
-    # type of the document is HTML, then the sender MUST look for an HTML <link> and <a> element with a
-    # rel value of webmention", resolved relative to the page URL; the header comes first.
-    for value in link_headers:
-        for match in _LINK_VALUE.finditer(value):
-            param = _REL_PARAM.search(match[2])
-            if param and "webmention" in (param[1] or param[2] or "").lower().split():
-                return urljoin(url, str(match[1]).strip())
-    for _tag, rel, href in _links(html):
-        if "webmention" in rel and href is not None:
-            return urljoin(url, href)
-    return None
-
-
 def _home_page(url: str) -> bool:
     # WordPress pings only links with a path other than "" or "/", or with a query (protocol.md §4.1).
     parts = urlsplit(url)
@@ -163,6 +95,15 @@ class _Report:
 
     def add(self, verdict: Verdict, text: str) -> None:
         self.findings.append(Finding(verdict, text))
+
+    def one(self, values: Sequence[str], name: str) -> None:
+        """Report the advertisements of one kind; Pingback 1.0 (§2.1, §2.2) allows one of each."""
+        if len(values) > 1:
+            self.add(Verdict.FAIL, f"{len(values)} {name}s; Pingback 1.0 allows one")
+        elif values:
+            self.add(Verdict.OK, f"{name}: {values[0]}")
+        else:
+            self.add(Verdict.INFO, f"no {name}")
 
 
 def analyze(page: Page) -> Analysis:
@@ -186,23 +127,11 @@ def analyze(page: Page) -> Analysis:
 
 
 def _pingback(page: Page, report: _Report) -> str | None:
-    headers = page.pingback_headers
-    if len(headers) > 1:
-        report.add(Verdict.FAIL, f"{len(headers)} X-Pingback headers; Pingback 1.0 allows one")
-    elif headers:
-        report.add(Verdict.OK, f"X-Pingback header: {headers[0]}")
-    else:
-        report.add(Verdict.INFO, "no X-Pingback header")
-
-    links = pingback_links(page.html)
-    spec = spec_pingback(page.html)
-    if len(links) > 1:
-        report.add(Verdict.FAIL, f'{len(links)} <link rel="pingback"> elements; Pingback 1.0 allows one')
-    elif links:
-        report.add(Verdict.OK, f'<link rel="pingback"> element: {links[0]}')
-    else:
-        report.add(Verdict.INFO, 'no <link rel="pingback"> element')
-    if links and spec != links[0]:
+    headers = header_values(page.headers, "x-pingback")
+    report.one(headers, "X-Pingback header")
+    links = list(rel_hrefs(page.html, "pingback", ("link",)))
+    report.one(links, '<link rel="pingback"> element')
+    if links and pingback_link(page.html) != links[0]:
         report.add(
             Verdict.FAIL,
             'the <link> is not in the exact form <link rel="pingback" href="...">, so clients that follow '
@@ -261,7 +190,7 @@ def _forward(page: Page, endpoint: str, report: _Report) -> None:
             "if they belong to your Webmention endpoint, percent-encode the whole forward URL",
         )
 
-    webmention = webmention_endpoint(page.url, page.link_headers, page.html)
+    webmention = discover_webmention(page.url, page.headers, page.html)
     if webmention is None:
         report.add(Verdict.FAIL, "the page advertises no Webmention endpoint to compare the forward URL with")
     elif webmention == forward:
@@ -295,17 +224,13 @@ async def fetch_page(client: httpx.AsyncClient, url: str) -> Page:
     """HEAD then GET `url` as WordPress does, following redirects; raise `httpx.HTTPError`."""
     head = await client.head(url, follow_redirects=True)
     async with client.stream("GET", url, follow_redirects=True) as response:
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) >= MAX_PAGE:
-                break
+        body = await read_capped(response, MAX_PAGE)  # inflates within the cap: no gzip bomb
+        headers = tuple(response.headers.multi_items())
         return Page(
             url=str(response.url),
             status=response.status_code,
-            html=bytes(body[:MAX_PAGE]).decode(response.encoding or "utf-8", errors="replace"),
-            pingback_headers=tuple(response.headers.get_list("x-pingback")),
-            link_headers=tuple(response.headers.get_list("link")),
+            html=decode(headers, body),
+            headers=headers,
             head_pingback=head.headers.get("x-pingback"),
         )
 

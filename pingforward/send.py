@@ -30,7 +30,7 @@ REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 MAX_DETAIL: Final = 200
 FETCH_HEADERS: Final = {
     "Accept": "text/html, application/xhtml+xml;q=0.9, */*;q=0.1",
-    # Compressed answers are inflated here under the byte cap (see _read), but few are sent.
+    # Compressed answers are inflated here under the byte cap (see read_capped), but few are sent.
     "Accept-Encoding": "identity",
 }
 
@@ -128,7 +128,7 @@ def _transient(status: int) -> bool:
     return status == 429 or status >= 500
 
 
-async def _read(response: httpx.Response, limit: int) -> bytes:
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
     """Up to `limit` bytes of the body, inflating gzip or deflate within the limit."""
     # httpx's own decoders inflate a whole network chunk at once (a 64 KiB gzip bomb chunk is
     # ~64 MB); zlib's max_length keeps memory at the cap. Unknown codings give no body.
@@ -170,7 +170,7 @@ async def _exchange(
         async with hosts(url):
             response = await client.send(request, stream=True)
             try:
-                body = await _read(response, limit)
+                body = await read_capped(response, limit)
             finally:
                 await response.aclose()
         return _Answer(str(response.url), response.status_code, tuple(response.headers.multi_items()), body)

@@ -426,6 +426,17 @@ def _resolve(base: str, reference: str) -> str:
     return urljoin(base, reference.strip(_ASCII_WHITESPACE))
 
 
+def rel_hrefs(text: str, rel: str, tags: Collection[str] = ("a", "link")) -> Iterator[str]:
+    """The href of every `tags` element whose rel has the token `rel`, in document order.
+
+    Character references are expanded and nothing is resolved. An element without href names
+    nothing and is skipped (rocks 20); a valueless or empty href is "", the page itself (rocks 15).
+    """
+    for is_start, name, attributes in _html_tokens(text):
+        if is_start and name in tags and "href" in attributes and rel in _tokens(attributes.get("rel", "")):
+            yield attributes["href"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Discovery
 
@@ -442,13 +453,10 @@ def discover_webmention(url: str, headers: Headers, body: bytes | str) -> str | 
                 return _resolve(url, link.url)
     if not is_html(headers):
         return None
-    for is_start, name, attributes in _html_tokens(decode(headers, body)):
-        # A <link> without href names no endpoint and is skipped (rocks 20); href="" is the page
-        # itself (rocks 15). "The endpoint MAY be a relative URL, in which case the sender MUST
-        # resolve it relative to the target URL": the target's final URL (rocks 23), not a <base>.
-        if is_start and name in ("a", "link") and "href" in attributes:
-            if WEBMENTION in _tokens(attributes.get("rel", "")):
-                return _resolve(url, attributes["href"])
+    # "The endpoint MAY be a relative URL, in which case the sender MUST resolve it relative to
+    # the target URL": the target's final URL (rocks 23), not a <base>.
+    for href in rel_hrefs(decode(headers, body), WEBMENTION):
+        return _resolve(url, href)
     return None
 
 
@@ -461,6 +469,12 @@ _PINGBACK_ENTITIES: Final = {"amp": "&", "lt": "<", "gt": ">", "quot": '"'}
 _PINGBACK_ENTITY: Final = re.compile(r"&(amp|lt|gt|quot);")
 
 
+def pingback_link(text: str) -> str | None:
+    """The href that Pingback 1.0's regular expression finds in `text`, entities expanded, unresolved."""
+    match = PINGBACK_LINK.search(text)
+    return None if match is None else _PINGBACK_ENTITY.sub(lambda m: _PINGBACK_ENTITIES[m[1]], match[1])
+
+
 def discover_pingback(url: str, headers: Headers, body: bytes | str) -> str | None:
     """The pingback server of the page at `url`, or None; an unusable advertisement counts as none."""
     # §2.3: "If the resource has an X-Pingback header, use the value of the first one."
@@ -468,10 +482,10 @@ def discover_pingback(url: str, headers: Headers, body: bytes | str) -> str | No
     for value in header_values(headers, "x-pingback")[:1]:
         if value.strip() and is_http_url(server := _resolve(url, value)):
             return server
-    match = PINGBACK_LINK.search(decode(headers, body))
-    if match is None:
+    href = pingback_link(decode(headers, body))
+    if href is None:
         return None
-    server = _resolve(url, _PINGBACK_ENTITY.sub(lambda m: _PINGBACK_ENTITIES[m[1]], match[1]))
+    server = _resolve(url, href)
     return server if is_http_url(server) else None
 
 

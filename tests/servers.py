@@ -13,11 +13,12 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 import uvicorn
@@ -193,65 +194,91 @@ def proxy(env: Mapping[str, str]) -> Iterator[str]:
 # Canned pages, an app in a thread and the CLI server (issue 6: landing page, check, logs).
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    body: bytes = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
+Answer = tuple[int, list[tuple[str, str]], bytes]
+"""One canned reply: status, headers, body."""
+NOT_FOUND: Answer = (404, [("Content-Type", "text/plain")], b"not found")
+
+
+@dataclass(frozen=True)
+class SiteRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def form(self) -> dict[str, list[str]]:
+        return parse_qs(self.body.decode())
 
 
 @dataclass
 class Site:
-    """Canned replies by path; `requests` records (method, path, body) of everything received."""
+    """A small web on 127.0.0.1: answers by (method, path with query), a log of every request.
 
-    replies: dict[str, Reply]
-    base: str = ""
-    requests: list[tuple[str, str, bytes]] = field(default_factory=list)
+    A route may be a function, called per request. HEAD gets the GET answer without its body."""
+
+    port: int = 0
+    routes: dict[tuple[str, str], Answer | Callable[[], Answer]] = field(default_factory=dict)
+    log: list[SiteRequest] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str) -> str:
-        return self.base + path
+        return f"http://{LOCALHOST}:{self.port}{path}"
+
+    def received(self, method: str, path: str) -> list[SiteRequest]:
+        with self.lock:
+            return [item for item in self.log if (item.method, item.path) == (method, path)]
+
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        with self.lock:
+            self.log.append(SiteRequest(method, path, headers, body))
+            if method == "HEAD" and (method, path) not in self.routes:
+                method = "GET"
+            route = self.routes.get((method, path), NOT_FOUND)
+        return route() if callable(route) else route
 
 
 @contextmanager
-def serve_site(replies: Mapping[str, Reply]) -> Iterator[Site]:
-    """Serve canned replies from a thread; unknown paths get 404."""
-    site = Site(dict(replies))
+def serve_site() -> Iterator[Site]:
+    """Serve a `Site` from a thread; its routes may be set while it runs."""
+    web = Site()
 
     class Handler(BaseHTTPRequestHandler):
-        def _reply(self, body: bool) -> None:
+        def _handle(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            site.requests.append((self.command, self.path, self.rfile.read(length) if length else b""))
-            reply = site.replies.get(self.path, Reply(404, b"not found"))
-            self.send_response(reply.status)
-            for name, value in reply.headers:
+            body = self.rfile.read(length) if length else b""
+            status, headers, content = web.answer(method, self.path, dict(self.headers.items()), body)
+            self.send_response(status)
+            for name, value in headers:
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(reply.body)))
+            self.send_header("Content-Length", str(len(content)))
             self.end_headers()
-            if body:
-                self.wfile.write(reply.body)
+            if method != "HEAD":
+                self.wfile.write(content)
 
         def do_GET(self) -> None:
-            self._reply(True)
+            self._handle("GET")
 
         def do_POST(self) -> None:
-            self._reply(True)
+            self._handle("POST")
 
         def do_HEAD(self) -> None:
-            self._reply(False)
+            self._handle("HEAD")
 
         def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer((LOCALHOST, 0), Handler)
-    site.base = f"http://{LOCALHOST}:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server.daemon_threads = True
+    web.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield site
+        yield web
     finally:
         server.shutdown()
         server.server_close()
-        thread.join(timeout=5)
+        thread.join(timeout=10)
 
 
 @contextmanager

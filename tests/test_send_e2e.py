@@ -13,12 +13,10 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -28,10 +26,9 @@ from pingforward.send import Limits, Status, fetch_source, send
 from pingforward.transport import make_client
 from pingforward.webmention import Protocol
 from tests import servers
+from tests.servers import Answer, Site
 
 TOKEN = "e2e-send-token-0123456789"
-
-Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
 def local_settings() -> Settings:
@@ -43,77 +40,10 @@ def html(body: str, *headers: tuple[str, str], status: int = 200) -> Answer:
     return status, [("Content-Type", "text/html; charset=utf-8"), *headers], body.encode()
 
 
-@dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def form(self) -> dict[str, list[str]]:
-        return parse_qs(self.body.decode())
-
-
-@dataclass
-class Site:
-    """A small web on 127.0.0.1: routes by (method, path with query), a log of every request."""
-
-    port: int = 0
-    routes: dict[tuple[str, str], Answer | Callable[[], Answer]] = field(default_factory=dict)
-    log: list[Received] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def received(self, method: str, path: str) -> list[Received]:
-        with self.lock:
-            return [item for item in self.log if (item.method, item.path) == (method, path)]
-
-    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
-        with self.lock:
-            self.log.append(Received(method, path, headers, body))
-            route = self.routes.get((method, path), (404, [("Content-Type", "text/plain")], b"not found"))
-        return route() if callable(route) else route
-
-
 @pytest.fixture
 def site() -> Iterator[Site]:
-    web = Site()
-
-    class Handler(BaseHTTPRequestHandler):
-        def handle_one(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            status, headers, content = web.answer(method, self.path, dict(self.headers.items()), body)
-            self.send_response(status)
-            for name, value in headers:
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content)
-
-        def do_GET(self) -> None:
-            self.handle_one("GET")
-
-        def do_POST(self) -> None:
-            self.handle_one("POST")
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    web.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with servers.serve_site() as web:
         yield web
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from pingforward.webmention import (
     extract_links,
     header_values,
     parse_link_header,
+    pingback_link,
+    rel_hrefs,
 )
 
 HTML = ("Content-Type", "text/html; charset=utf-8")
@@ -181,6 +183,7 @@ def test_every_rocks_discovery_test_has_a_case() -> None:
 
 
 W = "https://example.org/post"
+C = "https://site.example/blog/post"
 
 # Beyond rocks: the corners other senders got wrong (reference/sending.md §3, last table),
 # RFC 8288 syntax and HTML tokenization.
@@ -378,6 +381,45 @@ EDGE_CASES = [
     ),
     pytest.param(W, [HTML], "<p>no endpoint here</p>", None, id="none"),
     pytest.param(W, [HTML], "", None, id="empty-body"),
+    # `pingforward check` compares a pingback endpoint's forward parameter with this discovery.
+    pytest.param(
+        C, [("Link", '<https://wm.example/a>; rel="webmention"')], "", "https://wm.example/a", id="check-header"
+    ),
+    pytest.param(C, [("Link", "</wm>; rel=webmention")], "", "https://site.example/wm", id="check-header-relative"),
+    pytest.param(
+        C,
+        [("Link", '<https://x/>; rel="other", <https://wm/>; rel="webmention x"')],
+        "",
+        "https://wm/",
+        id="check-list",
+    ),
+    pytest.param(C, [("Link", '<https://x/>; rel="not-webmention"')], "", None, id="check-header-decoy"),
+    pytest.param(
+        C,
+        [("Link", '<https://h/>; rel="webmention"')],
+        '<link rel="webmention" href="https://l/">',
+        "https://h/",
+        id="check-header-wins",
+    ),
+    pytest.param(
+        C,
+        [],
+        '<a rel="webmention" href="wm">x</a><link rel="webmention" href="/l">',
+        "https://site.example/blog/wm",
+        id="check-a-first",
+    ),
+    pytest.param(C, [], '<link rel="Webmention other" href="/l">', "https://site.example/l", id="check-token"),
+    pytest.param(
+        C, [], '<link rel="webmention"><link rel="webmention" href="/2">', "https://site.example/2", id="check-no-href"
+    ),
+    pytest.param(C, [], '<link rel="webmention" href="">', C, id="check-empty-href"),
+    pytest.param(
+        C,
+        [],
+        '<!-- <link rel="webmention" href="/c"> --><p>&lt;link rel="webmention"&gt;',
+        None,
+        id="check-comment-text",
+    ),
 ]
 
 
@@ -455,6 +497,67 @@ PINGBACK_CASES = [
 @pytest.mark.parametrize(("headers", "body", "expected"), PINGBACK_CASES)
 def test_pingback_discovery(headers: list[tuple[str, str]], body: str | bytes, expected: str | None) -> None:
     assert discover_pingback("http://blog.example/post", headers, body) == expected
+
+
+PF = "https://pf.example/?forward=https%3A%2F%2Fwm.example%2Fwebmention"
+# body -> the href the spec's regular expression reads, before resolution (Pingback 1.0 §2.3)
+PINGBACK_LINK_CASES = [
+    pytest.param(f'<link rel="pingback" href="{PF}">', PF, id="html"),
+    pytest.param('<link rel="pingback" href="https://a/" />', "https://a/", id="xhtml"),
+    pytest.param('<link rel="pingback" href="https://a/?b=1&amp;c=&lt;&quot;">', 'https://a/?b=1&c=<"', id="entities"),
+    pytest.param('<link rel="pingback" href="https://a/?b=&amp;lt;">', "https://a/?b=&lt;", id="no-double-decode"),
+    pytest.param('<link rel="pingback" href="/xmlrpc">', "/xmlrpc", id="unresolved"),
+    pytest.param('<link href="https://a/" rel="pingback">', None, id="href-first"),
+    pytest.param('<link  rel="pingback" href="https://a/">', None, id="two-spaces"),
+    pytest.param("<link rel='pingback' href='https://a/'>", None, id="single-quotes"),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), PINGBACK_LINK_CASES)
+def test_pingback_link(body: str, expected: str | None) -> None:
+    assert pingback_link(body) == expected
+
+
+# (body, rel, tags) -> every matching href, as written but with character references expanded
+REL_HREFS_CASES = [
+    pytest.param(
+        '<link rel="pingback" href="/a"><a rel="pingback" href="/b">b</a><link rel=pingback href=/c>',
+        "pingback",
+        ("link",),
+        ["/a", "/c"],
+        id="links-only",
+    ),
+    pytest.param(
+        '<a rel="webmention" href="/a">a</a><link rel="Webmention x" href="/b"><area rel=webmention href=/c>',
+        "webmention",
+        ("a", "link"),
+        ["/a", "/b"],
+        id="a-and-link-in-order",
+    ),
+    pytest.param('<link rel="pingback"><link rel="pingback" href>', "pingback", ("link",), [""], id="no-href-skipped"),
+    pytest.param(
+        '<link rel="pingback" href="/p?a=1&amp;b=2&region=3">',
+        "pingback",
+        ("link",),
+        ["/p?a=1&b=2&region=3"],
+        id="refs",
+    ),
+    pytest.param(
+        '<!-- <link rel="pingback" href="/no"> --><script><link rel="pingback" href="/no"></script>',
+        "pingback",
+        ("link",),
+        [],
+        id="comment-and-script",
+    ),
+    pytest.param(
+        '<link rel="pingbacks" href="/no"><link rel="x\xa0pingback" href="/no">', "pingback", ("link",), [], id="tokens"
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "rel", "tags", "expected"), REL_HREFS_CASES)
+def test_rel_hrefs(body: str, rel: str, tags: tuple[str, ...], expected: list[str]) -> None:
+    assert list(rel_hrefs(body, rel, tags)) == expected
 
 
 def test_pingback_discovered_on_final_response_resolves_relative_values() -> None:
