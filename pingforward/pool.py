@@ -35,6 +35,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # set by connection_lost
         self.idle_since = 0.0
         self.busy = self.paused = False
         self.reset()
@@ -57,6 +58,15 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    async def aclose(self) -> None:
+        """Close, and return once asyncio has closed the socket (a loop turn later), as anyio's streams do."""
+        if self.transport is not None:
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()  # a peer that stopped reading must not keep us waiting
+            else:
+                self.transport.close()
+        await asyncio.shield(self.lost)
 
     # --- asyncio.Protocol ---
 
@@ -87,6 +97,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if not self.lost.done():
+            self.lost.set_result(None)
         if self.busy and not self.complete and self.error is None:
             if self.head_done and not self._framed():
                 # RFC 9112 §6.3 ¶8: without Content-Length or chunked coding, the close ends the body.
@@ -206,7 +218,8 @@ class _Body(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            self._pool._release(self._connection)
+            if not self._pool._release(self._connection):
+                await self._connection.aclose()
 
 
 class Pool(httpx.AsyncBaseTransport):
@@ -321,19 +334,20 @@ class Pool(httpx.AsyncBaseTransport):
         self._idle.pop(origin, None)
         return None
 
-    def _release(self, connection: _Connection) -> None:
+    def _release(self, connection: _Connection) -> bool:
+        """Give the slot back and keep the connection for reuse if it can be; False if it cannot."""
         self._slots.release()
         connection.busy = False
         reusable = connection.complete and connection.keep_alive and connection.usable
         if not reusable or self._idle_count >= self._max_idle:
-            connection.close()
-            return
+            return False
         connection.take_body()  # what the reader left unread; this also resumes reading
         connection.idle_since = self._loop_time()
         self._idle.setdefault(connection.origin, []).append(connection)
         self._idle_count += 1
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._expiry, self._sweep)
+        return True
 
     def _sweep(self) -> None:
         """Close what has been idle for `keepalive_expiry`; one timer for the pool, not one per answer."""
@@ -359,11 +373,10 @@ class Pool(httpx.AsyncBaseTransport):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for stack in self._idle.values():
-            for connection in stack:
-                connection.close()
+        idle = [connection for stack in self._idle.values() for connection in stack]
         self._idle.clear()
         self._idle_count = 0
+        await asyncio.gather(*(connection.aclose() for connection in idle))
 
 
 def _message(request: httpx.Request, body: bytes) -> bytes:
