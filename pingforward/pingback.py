@@ -139,7 +139,7 @@ def parse_call(body: bytes) -> Call:
     return Call(method.strip(), params)
 
 
-_SPACE_OR_CONTROL: Final = re.compile("[\x00-\x20\x7f]")
+_SPACE_OR_CONTROL: Final = re.compile(r"[\x00-\x20\x7f]")
 
 
 def is_http_url(url: str) -> bool:
