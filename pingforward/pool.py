@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 import httptools
 import httpx
@@ -113,7 +113,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self.complete:  # a second answer to one request
-            self._fail(httpx.RemoteProtocolError("unexpected data from the server"))
+            self._stop()
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -132,6 +132,8 @@ class _Connection(asyncio.Protocol):
             self.complete = True
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:  # sent after the head of an answer to HEAD
+            self._stop()
         self.chunks.append(body)
         self.buffered += len(body)
 
@@ -150,6 +152,11 @@ class _Connection(asyncio.Protocol):
             self.error = error
         self.close()
         self._wake()
+
+    def _stop(self) -> NoReturn:
+        """Fail the connection and stop httptools mid-feed, before what follows reaches this answer."""
+        self._fail(httpx.RemoteProtocolError("unexpected data from the server"))
+        raise httptools.HttpParserError("unexpected data")  # data_received catches it
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():

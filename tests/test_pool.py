@@ -191,6 +191,27 @@ async def test_data_after_the_answer_spoils_the_connection() -> None:
         assert server.connections == 2
 
 
+async def test_a_second_answer_in_the_same_read_is_not_merged_into_the_first() -> None:
+    # E.g. a server that answers early, then takes the unread request body for a request and
+    # answers that too, in one segment: only the first answer is this request's (RFC 9112 §9.3).
+    second = b"HTTP/1.1 400 Bad Request\r\nX-Second: 1\r\nContent-Length: 3\r\n\r\nbad"
+    async with serving(Server([OK + second, OK])) as server, client(Pool(loopback)) as http:
+        response = await post(http, server)
+        assert (response.status_code, response.content) == (202, b"ok")
+        assert ("x-second" in response.headers, response.headers["content-length"]) == (False, "2")
+        assert (await post(http, server)).content == b"ok"
+        assert server.connections == 2
+
+
+async def test_bytes_after_a_head_answer_are_not_its_content() -> None:
+    # RFC 9110 §9.3.2: an answer to HEAD has no content, even if the server sends some with it.
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    async with serving(Server([answer, OK])) as server, client(Pool(loopback)) as http:
+        response = await http.head(f"http://127.0.0.1:{server.port}/")
+        assert (response.status_code, response.content) == (200, b"")
+        assert (await post(http, server)).content == b"ok"
+
+
 async def test_read_timeout() -> None:
     async with serving(Server([HANG])) as server, client(Pool(loopback), timeout=0.1) as http:
         with pytest.raises(httpx.ReadTimeout):
