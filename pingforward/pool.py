@@ -119,7 +119,8 @@ class _Connection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.head_done:  # RFC 9110 §6.5.1: trailer fields are not merged into the header section
+            self.headers.append((name, value))
         self.field_size += len(name) + len(value)
 
     def on_headers_complete(self) -> None:

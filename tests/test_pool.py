@@ -212,6 +212,16 @@ async def test_bytes_after_a_head_answer_are_not_its_content() -> None:
         assert (await post(http, server)).content == b"ok"
 
 
+async def test_chunked_trailers_are_not_header_fields() -> None:
+    # RFC 9110 §6.5.1: trailer fields are not merged into the header section.
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nLocation: /elsewhere\r\n\r\n"
+    async with serving(Server([answer, OK])) as server, client(Pool(loopback)) as http:
+        response = await post(http, server)
+        assert (response.content, "location" in response.headers) == (b"ok", False)
+        assert (await post(http, server)).content == b"ok"
+        assert server.connections == 1
+
+
 async def test_read_timeout() -> None:
     async with serving(Server([HANG])) as server, client(Pool(loopback), timeout=0.1) as http:
         with pytest.raises(httpx.ReadTimeout):
