@@ -56,16 +56,15 @@ class _Connection(asyncio.Protocol):
         return self.transport is not None and not self.transport.is_closing() and self.error is None
 
     def close(self) -> None:
+        # abort(), not close(): a connection is only closed when it is done with or spoilt, so unsent
+        # bytes are worthless, and asyncio's TLS close() waits up to 30 s for the peer's close_notify
+        # (ssl_shutdown_timeout), which a peer that stopped reading never sends. httpcore sends none either.
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     async def aclose(self) -> None:
         """Close, and return once asyncio has closed the socket (a loop turn later), as anyio's streams do."""
-        if self.transport is not None:
-            if self.transport.get_write_buffer_size():
-                self.transport.abort()  # a peer that stopped reading must not keep us waiting
-            else:
-                self.transport.close()
+        self.close()
         await asyncio.shield(self.lost)
 
     # --- asyncio.Protocol ---

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -318,6 +320,40 @@ async def test_tls_with_a_certificate_for_another_name_fails(ca: trustme.CA) -> 
         async with client(Pool(loopback, ssl_context=client_tls)) as http:
             with pytest.raises(httpx.ConnectError, match="(?i)certificate"):
                 await http.post(f"https://receiver.test:{server.port}/wm", content=b"x")
+
+
+@contextmanager
+def deaf_tls_server(tls: ssl.SSLContext, answer: bytes) -> Iterator[int]:
+    """A TLS server thread that answers one request and then never reads again (no close_notify reply)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def run() -> None:
+        with listener, listener.accept()[0] as raw, tls.wrap_socket(raw, server_side=True) as conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            conn.sendall(answer)
+            done.wait(10)  # bounded; the test needs far less
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+
+
+async def test_dropping_a_tls_connection_does_not_wait_for_the_peer(ca: trustme.CA) -> None:
+    # asyncio's TLS close() waits up to 30 s (ssl_shutdown_timeout) for the peer's close_notify;
+    # a receiver that stops reading must not turn a 0.2 s read timeout into that wait.
+    server_tls, client_tls = tls_pair(ca, "receiver.test")
+    with deaf_tls_server(server_tls, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort") as port:
+        async with client(Pool(loopback, ssl_context=client_tls), timeout=0.2) as http:
+            async with asyncio.timeout(10):  # a hang guard, far above 0.2 s and far below 30 s
+                with pytest.raises(httpx.ReadTimeout):
+                    await http.post(f"https://receiver.test:{port}/wm", content=b"x")
 
 
 # --- make_client: the pool as the proxy uses it ---
