@@ -99,8 +99,9 @@ class _Connection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         if self.busy and not self.complete and self.error is None:
-            if self.head_done and not self._framed():
-                # RFC 9112 §6.3 ¶8: without Content-Length or chunked coding, the close ends the body.
+            if self.head_done and not self._framed() and exc is None:
+                # RFC 9112 §6.3 ¶8: without Content-Length or chunked coding, the close ends the body
+                # (a close, not a reset: §8, an answer cut by an error is incomplete).
                 self.complete = True
             elif exc is not None:
                 self.error = httpx.ReadError(str(exc) or type(exc).__name__)

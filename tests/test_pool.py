@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -135,6 +136,22 @@ async def test_body_ended_by_close() -> None:
     answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 100_000
     async with serving(Server([answer], close_after={0})) as server, client(Pool(loopback)) as http:
         assert (await post(http, server)).content == b"x" * 100_000
+
+
+async def test_body_cut_by_a_reset_is_an_error() -> None:
+    # RFC 9112 §6.3 ¶8 and §8: only a close ends such a body; a reset leaves the answer incomplete.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the client has the bytes; now the reset
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with listener, client(Pool(loopback)) as http:
+        with pytest.raises(httpx.ReadError):
+            await http.get(f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/")
 
 
 async def test_big_answer_read_in_part_closes_the_connection() -> None:
