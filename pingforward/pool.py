@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 import httptools
 import httpx
@@ -56,16 +56,15 @@ class _Connection(asyncio.Protocol):
         return self.transport is not None and not self.transport.is_closing() and self.error is None
 
     def close(self) -> None:
+        # abort(), not close(): a connection is only closed when it is done with or spoilt, so unsent
+        # bytes are worthless, and asyncio's TLS close() waits up to 30 s for the peer's close_notify
+        # (ssl_shutdown_timeout), which a peer that stopped reading never sends. httpcore sends none either.
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     async def aclose(self) -> None:
         """Close, and return once asyncio has closed the socket (a loop turn later), as anyio's streams do."""
-        if self.transport is not None:
-            if self.transport.get_write_buffer_size():
-                self.transport.abort()  # a peer that stopped reading must not keep us waiting
-            else:
-                self.transport.close()
+        self.close()
         await asyncio.shield(self.lost)
 
     # --- asyncio.Protocol ---
@@ -100,8 +99,9 @@ class _Connection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         if self.busy and not self.complete and self.error is None:
-            if self.head_done and not self._framed():
-                # RFC 9112 §6.3 ¶8: without Content-Length or chunked coding, the close ends the body.
+            if self.head_done and not self._framed() and exc is None:
+                # RFC 9112 §6.3 ¶8: without Content-Length or chunked coding, the close ends the body
+                # (a close, not a reset: §8, an answer cut by an error is incomplete).
                 self.complete = True
             elif exc is not None:
                 self.error = httpx.ReadError(str(exc) or type(exc).__name__)
@@ -113,13 +113,14 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self.complete:  # a second answer to one request
-            self._fail(httpx.RemoteProtocolError("unexpected data from the server"))
+            self._stop()
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.head_done:  # RFC 9110 §6.5.1: trailer fields are not merged into the header section
+            self.headers.append((name, value))
         self.field_size += len(name) + len(value)
 
     def on_headers_complete(self) -> None:
@@ -132,6 +133,8 @@ class _Connection(asyncio.Protocol):
             self.complete = True
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:  # sent after the head of an answer to HEAD
+            self._stop()
         self.chunks.append(body)
         self.buffered += len(body)
 
@@ -150,6 +153,11 @@ class _Connection(asyncio.Protocol):
             self.error = error
         self.close()
         self._wake()
+
+    def _stop(self) -> NoReturn:
+        """Fail the connection and stop httptools mid-feed, before what follows reaches this answer."""
+        self._fail(httpx.RemoteProtocolError("unexpected data from the server"))
+        raise httptools.HttpParserError("unexpected data")  # data_received catches it
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():

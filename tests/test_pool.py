@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import struct
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import httpx
@@ -135,6 +138,22 @@ async def test_body_ended_by_close() -> None:
         assert (await post(http, server)).content == b"x" * 100_000
 
 
+async def test_body_cut_by_a_reset_is_an_error() -> None:
+    # RFC 9112 §6.3 ¶8 and §8: only a close ends such a body; a reset leaves the answer incomplete.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the client has the bytes; now the reset
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with listener, client(Pool(loopback)) as http:
+        with pytest.raises(httpx.ReadError):
+            await http.get(f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/")
+
+
 async def test_big_answer_read_in_part_closes_the_connection() -> None:
     big = b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 10_000_000
     async with serving(Server([big, OK])) as server, client(Pool(loopback)) as http:
@@ -189,6 +208,37 @@ async def test_data_after_the_answer_spoils_the_connection() -> None:
         assert (await post(http, server)).content == b"ok"
         assert (await post(http, server)).content == b"ok"
         assert server.connections == 2
+
+
+async def test_a_second_answer_in_the_same_read_is_not_merged_into_the_first() -> None:
+    # E.g. a server that answers early, then takes the unread request body for a request and
+    # answers that too, in one segment: only the first answer is this request's (RFC 9112 §9.3).
+    second = b"HTTP/1.1 400 Bad Request\r\nX-Second: 1\r\nContent-Length: 3\r\n\r\nbad"
+    async with serving(Server([OK + second, OK])) as server, client(Pool(loopback)) as http:
+        response = await post(http, server)
+        assert (response.status_code, response.content) == (202, b"ok")
+        assert ("x-second" in response.headers, response.headers["content-length"]) == (False, "2")
+        assert (await post(http, server)).content == b"ok"
+        assert server.connections == 2
+
+
+async def test_bytes_after_a_head_answer_are_not_its_content() -> None:
+    # RFC 9110 §9.3.2: an answer to HEAD has no content, even if the server sends some with it.
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    async with serving(Server([answer, OK])) as server, client(Pool(loopback)) as http:
+        response = await http.head(f"http://127.0.0.1:{server.port}/")
+        assert (response.status_code, response.content) == (200, b"")
+        assert (await post(http, server)).content == b"ok"
+
+
+async def test_chunked_trailers_are_not_header_fields() -> None:
+    # RFC 9110 §6.5.1: trailer fields are not merged into the header section.
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nLocation: /elsewhere\r\n\r\n"
+    async with serving(Server([answer, OK])) as server, client(Pool(loopback)) as http:
+        response = await post(http, server)
+        assert (response.content, "location" in response.headers) == (b"ok", False)
+        assert (await post(http, server)).content == b"ok"
+        assert server.connections == 1
 
 
 async def test_read_timeout() -> None:
@@ -287,6 +337,40 @@ async def test_tls_with_a_certificate_for_another_name_fails(ca: trustme.CA) -> 
         async with client(Pool(loopback, ssl_context=client_tls)) as http:
             with pytest.raises(httpx.ConnectError, match="(?i)certificate"):
                 await http.post(f"https://receiver.test:{server.port}/wm", content=b"x")
+
+
+@contextmanager
+def deaf_tls_server(tls: ssl.SSLContext, answer: bytes) -> Iterator[int]:
+    """A TLS server thread that answers one request and then never reads again (no close_notify reply)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def run() -> None:
+        with listener, listener.accept()[0] as raw, tls.wrap_socket(raw, server_side=True) as conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            conn.sendall(answer)
+            done.wait(10)  # bounded; the test needs far less
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+
+
+async def test_dropping_a_tls_connection_does_not_wait_for_the_peer(ca: trustme.CA) -> None:
+    # asyncio's TLS close() waits up to 30 s (ssl_shutdown_timeout) for the peer's close_notify;
+    # a receiver that stops reading must not turn a 0.2 s read timeout into that wait.
+    server_tls, client_tls = tls_pair(ca, "receiver.test")
+    with deaf_tls_server(server_tls, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort") as port:
+        async with client(Pool(loopback, ssl_context=client_tls), timeout=0.2) as http:
+            async with asyncio.timeout(10):  # a hang guard, far above 0.2 s and far below 30 s
+                with pytest.raises(httpx.ReadTimeout):
+                    await http.post(f"https://receiver.test:{port}/wm", content=b"x")
 
 
 # --- make_client: the pool as the proxy uses it ---
