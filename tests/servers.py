@@ -12,7 +12,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -162,33 +161,11 @@ def procfile_command(port: int) -> list[str]:
 def proxy(env: Mapping[str, str]) -> Iterator[str]:
     """The proxy under uvicorn, started with the Procfile's command; yields its base URL."""
     port = free_port()
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("PINGFORWARD_")}
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(
-        procfile_command(port), cwd=ROOT, env={**environ, **env}, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    output = log.read().decode(errors="replace")
-                    raise RuntimeError(f"proxy did not start:\n{output}") from None
-                time.sleep(0.05)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        _running(procfile_command(port), port, env, Path(tmp) / "proxy.log") as p,
+    ):
+        yield p.base
 
 
 # Canned pages, an app in a thread and the CLI server (issue 6: landing page, check, logs).
@@ -315,16 +292,20 @@ class Process:
 def run_cli_server(tmp: Path, *args: str, env: Mapping[str, str] | None = None) -> Iterator[Process]:
     """`python -m pingforward serve` on a free port of 127.0.0.1, stdout and stderr to a file."""
     port = free_port()
-    log = tmp / f"serve-{port}.log"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PINGFORWARD_")}
-    environ.update(LOCAL_ENV)
-    environ.update(env or {})
     command = [sys.executable, "-m", "pingforward", "serve", "--host", LOCALHOST, "--port", str(port), *args]
+    with _running(command, port, {**LOCAL_ENV, **(env or {})}, tmp / f"serve-{port}.log") as process:
+        yield process
+
+
+@contextmanager
+def _running(command: list[str], port: int, env: Mapping[str, str], log: Path) -> Iterator[Process]:
+    """Run a server with `env` as its only PINGFORWARD_* settings, from once /healthz answers until the block ends."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PINGFORWARD_")} | dict(env)
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=environ)
     process = Process(f"http://{LOCALHOST}:{port}", proc, log)
     try:
-        for _ in range(150):  # bounded: about 15 s
+        for _ in range(200):  # bounded: about 20 s
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}: {process.output()}")
             try:

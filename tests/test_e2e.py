@@ -14,16 +14,12 @@ import pytest
 
 from pingforward.pingback import FaultCode
 from tests.conftest import load
-from tests.servers import Receiver, free_port, proxy, receiver
+from tests.servers import LOCAL_ENV, Receiver, free_port, proxy, receiver
 
 SOURCE = "https://blog.example/post"
 TARGET = "https://site.example/notes/42"
 
-OPEN = {
-    "PINGFORWARD_ALLOW_PRIVATE_NETWORKS": "true",
-    "PINGFORWARD_ALLOWED_PORTS": "*",
-    "PINGFORWARD_TIMEOUT": "1",
-}
+OPEN = {**LOCAL_ENV, "PINGFORWARD_TIMEOUT": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 from pingforward.pingback import Fault, FaultCode, parse_call, ping_from_params
 from tests.conftest import load
-from tests.servers import Receiver, proxy, receiver
+from tests.servers import LOCAL_ENV, Receiver, proxy, receiver
 
 # The policy refuses this forward before any DNS lookup or connection, so a request that gets that far
 # is answered with fault 49 and nothing leaves the machine.
@@ -209,8 +209,7 @@ def hostile_receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def open_proxy() -> Iterator[str]:
-    env = {"PINGFORWARD_ALLOW_PRIVATE_NETWORKS": "true", "PINGFORWARD_ALLOWED_PORTS": "*", "PINGFORWARD_TIMEOUT": "1"}
-    with proxy(env) as base:
+    with proxy({**LOCAL_ENV, "PINGFORWARD_TIMEOUT": "1"}) as base:
         yield base
 
 
