@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import TypedDict
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from pingforward import landing
 from pingforward.config import ConfigError, LogFormat, Settings
@@ -37,10 +39,10 @@ from pingforward.pingback import (
     render_fault,
     render_response,
 )
-from pingforward.pinglog import PingLine, formatter, log_ping
-from pingforward.policy import Refused
+from pingforward.pinglog import PingLine, PingLog, formatter
+from pingforward.policy import Policy, Refused
 from pingforward.send import Limits, SendError, Status, send
-from pingforward.transport import VIA, make_client
+from pingforward.transport import VIA, make_client, make_transport
 
 logger = logging.getLogger(__name__)
 
@@ -62,33 +64,65 @@ MAX_BODY_SECONDS = 5.0
 
 
 class State(TypedDict):
-    client: httpx.AsyncClient
+    client: httpx.AsyncClient  # for POST /send
+    transport: httpx.AsyncBaseTransport  # the client's own, for forwarding pings
     limiter: HostLimiter
+
+
+@functools.lru_cache(maxsize=256)
+def _fault_body(code: FaultCode, message: str | None) -> bytes:
+    return render_fault(Fault(code, message))  # junk repeats itself: most faults are the same few
 
 
 def _fault(code: FaultCode, message: str | None = None) -> Response:
     # XML-RPC: "Unless there's a lower-level error, always return 200 OK." WordPress, Python's
     # xmlrpc.client and mention-client-php read no fault code from any other status.
-    return Response(render_fault(Fault(code, message)), media_type=XML)
+    return Response(_fault_body(code, message), media_type=XML)
 
 
-def _log_ping(request: Request, forward_url: str, call: Call, outcome: Outcome, ms: float) -> None:
-    def param(index: int) -> str:
-        value = call.params[index] if index < len(call.params) else None
-        return value.strip() if isinstance(value, str) else "-"
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where the pings of one query string go: to `url`, or nowhere, for the reason given.
 
-    line = PingLine(
-        client=request.client.host if request.client else "-",
-        forward_host=(urlsplit(forward_url).hostname or "-") if forward_url else "-",
-        source=param(0),
-        target=param(1),
-        status=outcome.status,
-        fault=outcome.fault,
-        ms=ms,
-        request_id=request.headers.get("x-request-id"),
-        agent=request.headers.get("user-agent"),
-    )
-    log_ping(logger, line)
+    A missing or unusable `forward` parameter (`unusable`, fault 0) is answered before the ping's
+    arguments are looked at, a refusal by the policy (`refused`, fault 49) after them.
+    """
+
+    url: str
+    host: str  # the forward URL's host, for the per-host limit and the log ("-": none)
+    unusable: Outcome | None = None
+    refused: Outcome | None = None
+
+
+def destination(query: str, own_origin: tuple[str | None, int], policy: Policy) -> Destination:
+    """Check a request's query string: its `forward` URL, the policy's URL rules, and that it is not us."""
+    try:
+        url = parse_forward(query)
+    except ForwardError as exc:
+        return Destination("", "-", unusable=Outcome(str(exc), FaultCode.GENERIC))
+    parts = urlsplit(url)
+    host = parts.hostname or "-"
+    try:
+        # Checked here before anything is sent, and again by the transport on every hop and connection.
+        policy.check_url(url)
+        if (parts.hostname, parts.port or _PORTS[parts.scheme]) == own_origin:
+            raise Refused("the forward URL points at this proxy")
+    except Refused as exc:
+        return Destination(url, host, refused=Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED))
+    return Destination(url, host)
+
+
+def _own_origin(scheme: str, host: str) -> tuple[str | None, int]:
+    """The (host, port) that a request's scheme and Host field name, as `destination` compares them."""
+    parts = urlsplit(f"{scheme}://{host}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.hostname, port or _PORTS.get(scheme, 80)
+
+
+_PORTS = {"http": 80, "https": 443}
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -100,15 +134,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # A clear one-line reason in the platform's log instead of a traceback, and no start.
             raise SystemExit(f"pingforward: bad configuration: {exc}") from None
     _configure_logging(settings.log_format)
+    ping_log = PingLog(settings.log_format)
+    policy = settings.policy
+
+    # Pings to one site all carry the same query string: check it once, not per ping. Keyed by what
+    # the answer depends on: the query string, and the scheme and Host that name this proxy.
+    @functools.lru_cache(maxsize=1024)
+    def destinations(query: bytes, scheme: str, host: str) -> Destination:
+        return destination(query.decode("latin-1"), _own_origin(scheme, host), policy)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        async with make_client(settings) as client:
-            yield {"client": client, "limiter": HostLimiter(settings.max_per_host)}
+        transport = make_transport(settings)
+        async with make_client(settings, transport) as client:
+            yield {"client": client, "transport": transport, "limiter": HostLimiter(settings.max_per_host)}
+        ping_log.flush()
 
     async def xmlrpc(request: Request) -> Response:
         try:
-            return await _xmlrpc(request, settings)
+            return await _xmlrpc(request, settings, destinations, ping_log)
         except HTTPException:  # 413 from the body limit: a transport-level answer
             raise
         except Exception:  # a bug of ours; the sender still gets a well-formed fault
@@ -145,8 +189,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-async def _xmlrpc(request: Request, settings: Settings) -> Response:
-    if VIA in request.headers.get("via", ""):
+async def _xmlrpc(
+    request: Request, settings: Settings, destinations: Callable[[bytes, str, str], Destination], ping_log: PingLog
+) -> Response:
+    headers = request.headers
+    if VIA in headers.get("via", ""):
         # Our own forward came back to us: a forward URL naming this proxy under another name.
         return PlainTextResponse("Loop Detected", status_code=508)
     try:
@@ -164,49 +211,55 @@ async def _xmlrpc(request: Request, settings: Settings) -> Response:
         return _fault(fault.code, fault.message)
 
     started = time.perf_counter()
-    forward_url = ""
-    try:
-        forward_url = parse_forward(request.scope["query_string"].decode("latin-1"))
-        ping = ping_from_params(call.params)
-        # Checked here before anything is sent, and again by the client on every hop and connection.
-        settings.policy.check_url(forward_url)
-        if _points_at_us(forward_url, request):
-            raise Refused("the forward URL points at this proxy")
-    except ForwardError as exc:
-        outcome = Outcome(str(exc), FaultCode.GENERIC)
-    except Fault as fault:
-        outcome = Outcome(fault.message, fault.code)
-    except Refused as exc:
-        outcome = Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
-    else:
-        outcome = await _forward(request, settings, ping, forward_url)
-    _log_ping(request, forward_url, call, outcome, (time.perf_counter() - started) * 1000)
+    scope = request.scope
+    where = destinations(scope["query_string"], scope["scheme"], headers.get("host") or _server(scope))
+    outcome = where.unusable
+    if outcome is None:
+        try:
+            ping = ping_from_params(call.params)
+        except Fault as fault:
+            outcome = Outcome(fault.message, fault.code)
+        else:
+            outcome = where.refused or await _forward(request, settings, ping, where)
+    client = scope.get("client")
+    line = PingLine(
+        client=client[0] if client else "-",
+        forward_host=where.host,
+        source=_param(call, 0),
+        target=_param(call, 1),
+        status=outcome.status,
+        fault=outcome.fault,
+        ms=(time.perf_counter() - started) * 1000,
+        request_id=headers.get("x-request-id"),
+        agent=headers.get("user-agent"),
+    )
+    ping_log.write(line)
     if outcome.fault is None:
         return Response(render_response(outcome.text), media_type=XML)
     return _fault(outcome.fault, outcome.text)
 
 
-async def _forward(request: Request, settings: Settings, ping: Ping, forward_url: str) -> Outcome:
-    forward_host = urlsplit(forward_url).hostname or ""
+def _param(call: Call, index: int) -> str:
+    value = call.params[index] if index < len(call.params) else None
+    return value.strip() if isinstance(value, str) else "-"
+
+
+def _server(scope: Scope) -> str:
+    # No Host field (HTTP/1.0): the address the request came in on, as Starlette's `request.url` uses.
+    server = scope.get("server")
+    return f"{server[0]}:{server[1]}" if server else ""
+
+
+async def _forward(request: Request, settings: Settings, ping: Ping, where: Destination) -> Outcome:
     limiter: HostLimiter = request.state.limiter
-    if not limiter.acquire(forward_host):
-        return Outcome(f"upstream: too many pings in flight to {forward_host}; retry later", FaultCode.UPSTREAM_ERROR)
+    if not limiter.acquire(where.host):
+        return Outcome(f"upstream: too many pings in flight to {where.host}; retry later", FaultCode.UPSTREAM_ERROR)
     try:
-        client_ip = request.client.host if request.client else ""
-        return await forward(request.state.client, ping, forward_url, client_ip=client_ip, timeout=settings.timeout)
+        client = request.scope.get("client")
+        client_ip = client[0] if client else ""
+        return await forward(request.state.transport, ping, where.url, client_ip=client_ip, timeout=settings.timeout)
     finally:
-        limiter.release(forward_host)
-
-
-def _points_at_us(url: str, request: Request) -> bool:
-    target = urlsplit(url)
-    return (target.hostname, target.port or _PORTS[target.scheme]) == (
-        request.url.hostname,
-        request.url.port or _PORTS.get(request.url.scheme, 80),
-    )
-
-
-_PORTS = {"http": 80, "https": 443}
+        limiter.release(where.host)
 
 
 def _authorized(request: Request, token: str) -> bool:

@@ -6,11 +6,14 @@ text values that are not plain printable ASCII are JSON-quoted: no value can sta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import sys
+import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TextIO
 
 from pingforward.config import LogFormat
 from pingforward.pingback import FaultCode
@@ -48,19 +51,22 @@ class PingLine:
         }
 
     def text(self) -> str:
-        """`key=value` pairs (logfmt style); absent values are `-`, fields absent from the request are left out."""
-        pairs = []
-        for key, value in self.fields().items():
-            if value is None and key in ("request_id", "agent"):
-                continue
-            pairs.append(f"{key}={_quote(value)}")
-        return "ping " + " ".join(pairs)
+        """`fields()` as `key=value` pairs (logfmt style): absent values are `-`, and fields absent
+        from the request (request_id, agent) are left out."""
+        text = (
+            f"ping client={_quote(self.client)} forward_host={_quote(self.forward_host[:MAX_FIELD])} "
+            f"source={_quote(self.source[:MAX_FIELD])} target={_quote(self.target[:MAX_FIELD])} "
+            f"status={'-' if self.status is None else self.status} "
+            f"outcome={'ok' if self.fault is None else int(self.fault)} ms={self.ms:.1f}"
+        )
+        if self.request_id is not None:
+            text += f" request_id={_quote(self.request_id[:MAX_FIELD])}"
+        if self.agent is not None:
+            text += f" agent={_quote(self.agent[:MAX_FIELD])}"
+        return text
 
 
-def _quote(value: str | int | float | None) -> str:
-    if value is None:
-        return "-"
-    text = f"{value:.1f}" if isinstance(value, float) else str(value)
+def _quote(text: str) -> str:
     if text and not _NOT_BARE.search(text):
         return text
     # ensure_ascii escapes every control and line-separator character (\n, \x85, \u2028...).
@@ -68,27 +74,22 @@ def _quote(value: str | int | float | None) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`LEVEL logger: message`; a ping record's message is its `PingLine.text()`."""
+    """`LEVEL logger: message`, as `PingLog` writes ping lines."""
 
     def __init__(self) -> None:
         super().__init__("%(levelname)s %(name)s: %(message)s")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, then the ping's fields or the message."""
+    """One JSON object per line: time, level, logger and message, as `PingLog` writes ping lines."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname,
             "logger": record.name,
+            "message": record.getMessage(),
         }
-        ping = record.__dict__.get("ping")
-        if isinstance(ping, PingLine):
-            entry["event"] = "ping"
-            entry.update(ping.fields())
-        else:
-            entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=True)
@@ -98,6 +99,51 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
     return JsonFormatter() if log_format is LogFormat.JSON else TextFormatter()
 
 
-def log_ping(logger: logging.Logger, line: PingLine) -> None:
-    """Write `line` at INFO; formatters find it on the record as `ping`."""
-    logger.info("%s", line.text(), extra={"ping": line})
+class PingLog:
+    """Writes ping lines to standard output (or `stream`), in the same formats as the formatters above.
+
+    Ping lines bypass `logging`: creating and dispatching a record cost more than everything else a
+    refused ping costs (bench/README.md). A line is written at once and flushed when the event loop
+    finishes its current turn, so the pings answered in one turn cost one write(2) and no line waits
+    for the next ping. Other messages (errors) still go through `logging`, to the same stdout.
+    """
+
+    name: Final = "pingforward.app"  # the logger name the lines carry, as records of that logger would
+
+    def __init__(self, log_format: LogFormat, stream: TextIO | None = None) -> None:
+        self._json = log_format is LogFormat.JSON
+        self._stream = stream
+        self._unflushed: TextIO | None = None
+
+    def format(self, line: PingLine) -> str:
+        if not self._json:
+            return f"INFO {self.name}: {line.text()}"
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "level": "INFO",
+            "logger": self.name,
+            "event": "ping",
+            **line.fields(),
+        }
+        return json.dumps(entry, ensure_ascii=True)
+
+    def write(self, line: PingLine) -> None:
+        stream = sys.stdout if self._stream is None else self._stream
+        try:
+            stream.write(self.format(line) + "\n")
+        except (OSError, ValueError):  # stdout closed or gone: the ping's answer matters more than its line
+            return
+        if self._unflushed is None:
+            self._unflushed = stream
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop running: nothing to batch with
+                self.flush()
+
+    def flush(self) -> None:
+        stream, self._unflushed = self._unflushed, None
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass

@@ -104,10 +104,18 @@ class Client(httpx.AsyncClient):
             raise ValueError("this client keeps no cookies")
 
 
-def make_client(settings: Settings) -> httpx.AsyncClient:
-    """An AsyncClient that enforces the policy, never follows redirects by itself and ignores proxy settings."""
+def make_transport(settings: Settings) -> PolicyTransport:
+    """The worker's one connection pool, with the policy inside; `forward` sends pings straight to it."""
+    return PolicyTransport(settings.policy, LIMITS)
+
+
+def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """An AsyncClient that enforces the policy, never follows redirects by itself and ignores proxy settings.
+
+    Give it the worker's `transport` to share its connections; closing the client closes it.
+    """
     return Client(
-        transport=PolicyTransport(settings.policy, LIMITS),
+        transport=make_transport(settings) if transport is None else transport,
         # No proxies or .netrc from the environment: we POST to URLs that strangers name.
         trust_env=False,
         follow_redirects=False,

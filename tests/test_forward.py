@@ -19,7 +19,7 @@ from pingforward.forward import (
     parse_forward,
 )
 from pingforward.pingback import FaultCode, Ping
-from pingforward.transport import make_client
+from pingforward.transport import make_transport
 
 PING = Ping("https://blog.example/post", "https://site.example/notes/42")
 DEFAULT_OK = "Pingback from https://blog.example/post to https://site.example/notes/42 was successful!"
@@ -163,8 +163,8 @@ def test_host_limiter() -> None:
 
 
 async def run(url: str = ENDPOINT, timeout: float = 2.0) -> Outcome:
-    async with make_client(Settings(timeout=timeout)) as client:
-        return await forward(client, PING, url, client_ip="198.51.100.9", timeout=timeout)
+    async with make_transport(Settings(timeout=timeout)) as transport:
+        return await forward(transport, PING, url, client_ip="198.51.100.9", timeout=timeout)
 
 
 @pytest.mark.anyio

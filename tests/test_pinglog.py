@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import re
@@ -13,7 +15,7 @@ import respx
 
 from pingforward.config import LogFormat
 from pingforward.pingback import FaultCode
-from pingforward.pinglog import JsonFormatter, PingLine, TextFormatter, log_ping
+from pingforward.pinglog import JsonFormatter, PingLine, PingLog
 from tests.servers import run_cli_server
 
 LINE = PingLine(
@@ -39,29 +41,21 @@ HOSTILE = [
 ]
 
 
-def record(line: PingLine) -> logging.LogRecord:
-    captured: list[logging.LogRecord] = []
+TEXT, JSON = PingLog(LogFormat.TEXT), PingLog(LogFormat.JSON)
+PAIRS = re.compile(r'(\w+)=("(?:\\.|[^"\\])*"|[^ "]+)(?: |$)')
 
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            captured.append(record)
 
-    logger = logging.getLogger("tests.pinglog")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    handler = Keep()
-    logger.addHandler(handler)
-    try:
-        log_ping(logger, line)
-    finally:
-        logger.removeHandler(handler)
-    (only,) = captured
-    return only
+def pairs(line: str) -> dict[str, str]:
+    """The fields of a text ping line, values as written; asserts that nothing else is on it."""
+    body = line.removeprefix("INFO pingforward.app: ping ")
+    found = PAIRS.findall(body)
+    assert " ".join(f"{k}={v}" for k, v in found) == body
+    return dict(found)
 
 
 def test_text_line() -> None:
-    assert TextFormatter().format(record(LINE)) == (
-        "INFO tests.pinglog: ping client=203.0.113.9 forward_host=webmention.io source=https://a.example/post "
+    assert TEXT.format(LINE) == (
+        "INFO pingforward.app: ping client=203.0.113.9 forward_host=webmention.io source=https://a.example/post "
         'target=https://b.example/post status=202 outcome=ok ms=12.3 request_id=f00-ba4 agent="WordPress/6.5; '
         'https://a.example"'
     )
@@ -73,11 +67,11 @@ def test_text_line_without_optional_fields() -> None:
 
 
 def test_json_line() -> None:
-    entry = json.loads(JsonFormatter().format(record(LINE)))
-    assert entry.pop("time")
+    entry = json.loads(JSON.format(LINE))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", entry.pop("time"))
     assert entry == {
         "level": "INFO",
-        "logger": "tests.pinglog",
+        "logger": "pingforward.app",
         "event": "ping",
         "client": "203.0.113.9",
         "forward_host": "webmention.io",
@@ -92,20 +86,18 @@ def test_json_line() -> None:
 
 
 @pytest.mark.parametrize("value", HOSTILE)
-@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
-def test_untrusted_values_stay_on_one_line(value: str, formatter: logging.Formatter) -> None:
+@pytest.mark.parametrize("log", [TEXT, JSON], ids=["text", "json"])
+def test_untrusted_values_stay_on_one_line(value: str, log: PingLog) -> None:
     line = PingLine("-", "x", value, value, 400, FaultCode.UPSTREAM_ERROR, 1.0, request_id=value, agent=value)
-    output = formatter.format(record(line))
+    output = log.format(line)
     assert len(output.splitlines()) == 1 and output.isprintable()
-    if isinstance(formatter, JsonFormatter):
+    if log is JSON:
         assert json.loads(output)["source"] == value
     else:
         # The line still parses into exactly the fields written, each value intact.
-        body = output.removeprefix("INFO tests.pinglog: ping ")
-        pairs = re.findall(r'(\w+)=("(?:\\.|[^"\\])*"|[^ "]+)(?: |$)', body)
-        assert " ".join(f"{k}={v}" for k, v in pairs) == body
-        assert [k for k, _ in pairs] == list(line.fields())
-        assert json.loads(dict(pairs)["source"]) == value
+        fields = pairs(output)
+        assert list(fields) == list(line.fields())
+        assert json.loads(fields["source"]) == value
 
 
 def test_long_values_are_cut() -> None:
@@ -130,9 +122,8 @@ def ping_body(source: str = "https://a.example/post", target: str = "https://b.e
 
 @pytest.mark.anyio
 async def test_app_logs_one_line_per_ping(
-    client: httpx.AsyncClient, respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pingforward")
     respx_mock.post("https://wm.example/endpoint").respond(202, json={"result": "queued"})
     await client.post(
         "/?forward=https%3A%2F%2Fwm.example%2Fendpoint",
@@ -141,24 +132,60 @@ async def test_app_logs_one_line_per_ping(
     )
     await client.post("/", content=ping_body("https://a.example/\nINFO forged"))
     await client.post("/", content=xmlrpc.client.dumps((), "system.listMethods"))
-    lines = [r.__dict__["ping"] for r in caplog.records if "ping" in r.__dict__]
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2  # listMethods is not a ping
-    delivered, refused = lines
-    assert (delivered.forward_host, delivered.status, delivered.fault, delivered.request_id, delivered.agent) == (
-        "wm.example",
-        202,
-        None,
-        "req-1",
-        "WordPress/6.5",
-    )
-    assert (refused.forward_host, refused.status, refused.fault, refused.request_id) == (
-        "-",
-        None,
-        FaultCode.GENERIC,
-        None,
-    )
-    assert refused.source == "https://a.example/\nINFO forged"
-    assert "\n" not in refused.text()
+    delivered, refused = map(pairs, lines)
+    assert delivered == {
+        "client": "203.0.113.7",
+        "forward_host": "wm.example",
+        "source": "https://a.example/post",
+        "target": "https://b.example/post",
+        "status": "202",
+        "outcome": "ok",
+        "ms": delivered["ms"],
+        "request_id": "req-1",
+        "agent": "WordPress/6.5",
+    }
+    assert float(delivered["ms"]) >= 0
+    assert (refused["forward_host"], refused["status"], refused["outcome"]) == ("-", "-", "0")
+    assert "request_id" not in refused
+    assert json.loads(refused["source"]) == "https://a.example/\nINFO forged"
+
+
+class Stream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+@pytest.mark.anyio
+async def test_lines_are_flushed_once_per_event_loop_turn() -> None:
+    stream = Stream()
+    log = PingLog(LogFormat.TEXT, stream)
+    for _ in range(3):
+        log.write(LINE)
+    assert stream.getvalue() == (TEXT.format(LINE) + "\n") * 3  # written at once...
+    assert stream.flushes == 0
+    await asyncio.sleep(0)  # ...and flushed together when the loop comes round
+    assert stream.flushes == 1
+    log.write(LINE)
+    await asyncio.sleep(0)
+    assert stream.flushes == 2
+
+
+def test_without_an_event_loop_each_line_is_flushed() -> None:
+    stream = Stream()
+    PingLog(LogFormat.JSON, stream).write(LINE)
+    assert stream.flushes == 1 and json.loads(stream.getvalue())["source"] == LINE.source
+
+
+def test_a_closed_stdout_does_not_fail_the_ping() -> None:
+    stream = Stream()
+    stream.close()
+    PingLog(LogFormat.TEXT, stream).write(LINE)  # no exception: the sender still gets its answer
 
 
 @pytest.mark.parametrize(
