@@ -9,19 +9,18 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from typing import TypedDict
+from typing import Final, TypedDict
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
-from starlette.types import Scope
+from starlette.routing import Route, request_response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pingforward import landing
 from pingforward.config import ConfigError, LogFormat, Settings
@@ -69,15 +68,26 @@ class State(TypedDict):
     limiter: HostLimiter
 
 
+# An answer of the pingback endpoint: HTTP status, header fields (besides Content-Length), body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+XML_FIELDS: Final = [(b"content-type", XML.encode())]
+CLOSE_FIELDS: Final = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+TOO_LARGE: Final[Answer] = (413, CLOSE_FIELDS, b"Content Too Large")
+TOO_SLOW: Final[Answer] = (408, CLOSE_FIELDS, b"Request Timeout")
+LOOP: Final[Answer] = (508, [(b"content-type", b"text/plain; charset=utf-8")], b"Loop Detected")
+
+
+def _success(text: str | tuple[str, ...]) -> Answer:
+    return 200, XML_FIELDS, render_response(text)
+
+
 @functools.lru_cache(maxsize=256)
-def _fault_body(code: FaultCode, message: str | None) -> bytes:
-    return render_fault(Fault(code, message))  # junk repeats itself: most faults are the same few
-
-
-def _fault(code: FaultCode, message: str | None = None) -> Response:
+def _fault(code: FaultCode, message: str | None = None) -> Answer:
     # XML-RPC: "Unless there's a lower-level error, always return 200 OK." WordPress, Python's
     # xmlrpc.client and mention-client-php read no fault code from any other status.
-    return Response(_fault_body(code, message), media_type=XML)
+    # Cached: junk repeats itself, and most faults are the same few.
+    return 200, XML_FIELDS, render_fault(Fault(code, message))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,30 +144,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # A clear one-line reason in the platform's log instead of a traceback, and no start.
             raise SystemExit(f"pingforward: bad configuration: {exc}") from None
     _configure_logging(settings.log_format)
-    ping_log = PingLog(settings.log_format)
-    policy = settings.policy
-
-    # Pings to one site all carry the same query string: check it once, not per ping. Keyed by what
-    # the answer depends on: the query string, and the scheme and Host that name this proxy.
-    @functools.lru_cache(maxsize=1024)
-    def destinations(query: bytes, scheme: str, host: str) -> Destination:
-        return destination(query.decode("latin-1"), _own_origin(scheme, host), policy)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         transport = make_transport(settings)
         async with make_client(settings, transport) as client:
             yield {"client": client, "transport": transport, "limiter": HostLimiter(settings.max_per_host)}
-        ping_log.flush()
-
-    async def xmlrpc(request: Request) -> Response:
-        try:
-            return await _xmlrpc(request, settings, destinations, ping_log)
-        except HTTPException:  # 413 from the body limit: a transport-level answer
-            raise
-        except Exception:  # a bug of ours; the sender still gets a well-formed fault
-            logger.exception("internal error")
-            return _fault(FaultCode.INTERNAL_ERROR)
+        endpoint.ping_log.flush()
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -167,13 +160,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         status, body = landing.render(page_url, request.query_params.get("endpoint"), settings)
         return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
 
-    async def endpoint(request: Request) -> Response:
-        # One route per path, so that a 405 names every allowed method.
-        return await (xmlrpc(request) if request.method == "POST" else page(request))
-
+    # One route per path, so that a 405 names every allowed method.
+    endpoint = PingbackEndpoint(settings, page=request_response(page))
     routes = [
-        Route("/", endpoint, methods=["GET", "HEAD", "POST"], max_body_size=settings.max_body),
-        Route("/webmention", endpoint, methods=["GET", "HEAD", "POST"], max_body_size=settings.max_body),
+        Route("/", endpoint, methods=["GET", "HEAD", "POST"]),
+        Route("/webmention", endpoint, methods=["GET", "HEAD", "POST"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
     ]
     if settings.send_token:  # an open sender would be an amplifier: no token, no route (404)
@@ -189,54 +180,140 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-async def _xmlrpc(
-    request: Request, settings: Settings, destinations: Callable[[bytes, str, str], Destination], ping_log: PingLog
-) -> Response:
-    headers = request.headers
-    if VIA in headers.get("via", ""):
-        # Our own forward came back to us: a forward URL naming this proxy under another name.
-        return PlainTextResponse("Loop Detected", status_code=508)
-    try:
-        async with asyncio.timeout(min(settings.timeout, MAX_BODY_SECONDS)):
-            body = await request.body()
-    except TimeoutError:
-        return PlainTextResponse("Request Timeout", status_code=408, headers={"Connection": "close"})
-    try:
-        call = parse_call(body)
-        if call.method == LIST_METHODS:
-            return Response(render_response(METHODS), media_type=XML)
-        if call.method != PINGBACK_PING:
-            raise Fault(FaultCode.METHOD_NOT_FOUND, f"server error. requested method {call.method!r} not found")
-    except Fault as fault:
-        return _fault(fault.code, fault.message)
+class _Gone(Exception):
+    """The client disconnected before its request was read: there is no one to answer."""
 
-    started = time.perf_counter()
-    scope = request.scope
-    where = destinations(scope["query_string"], scope["scheme"], headers.get("host") or _server(scope))
-    outcome = where.unusable
-    if outcome is None:
+
+class PingbackEndpoint:
+    """POST on / and /webmention: XML-RPC in, Webmention out, as a plain ASGI app; other methods go to `page`.
+
+    The one hot path, so it reads the body and answers bytes itself: Starlette's Request, Response and
+    body-limit layers cost more than parsing the call (bench/README.md). Faults become HTTP only here.
+    """
+
+    def __init__(self, settings: Settings, page: ASGIApp) -> None:
+        self.settings = settings
+        self.page = page
+        self.ping_log = PingLog(settings.log_format)
+        self.body_seconds = min(settings.timeout, MAX_BODY_SECONDS)
+        # Pings to one site all carry the same query string: check it once, not per ping. Keyed by
+        # what the answer depends on: the query string, and the scheme and Host that name this proxy.
+        self.destinations = functools.lru_cache(maxsize=1024)(self._destination)
+
+    def _destination(self, query: bytes, scheme: str, host: str) -> Destination:
+        return destination(query.decode("latin-1"), _own_origin(scheme, host), self.settings.policy)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await self.page(scope, receive, send)
+            return
         try:
-            ping = ping_from_params(call.params)
+            status, fields, body = await self.answer(scope, receive)
+        except _Gone:
+            return
+        except Exception:  # a bug of ours; the sender still gets a well-formed fault
+            logger.exception("internal error")
+            status, fields, body = _fault(FaultCode.INTERNAL_ERROR)
+        fields = [*fields, (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": fields})
+        await send({"type": "http.response.body", "body": body})
+
+    async def answer(self, scope: Scope, receive: Receive) -> Answer:
+        headers = _fields(scope)
+        if VIA.encode() in headers.get(b"via", b""):
+            # Our own forward came back to us: a forward URL naming this proxy under another name.
+            return LOOP
+        try:
+            async with asyncio.timeout(self.body_seconds):
+                body = await _read_body(receive, headers, self.settings.max_body)
+        except TimeoutError:
+            return TOO_SLOW
+        except _TooLarge:
+            return TOO_LARGE
+        try:
+            call = parse_call(body)
+            if call.method == LIST_METHODS:
+                return _success(METHODS)
+            if call.method != PINGBACK_PING:
+                raise Fault(FaultCode.METHOD_NOT_FOUND, f"server error. requested method {call.method!r} not found")
         except Fault as fault:
-            outcome = Outcome(fault.message, fault.code)
-        else:
-            outcome = where.refused or await _forward(request, settings, ping, where)
-    client = scope.get("client")
-    line = PingLine(
-        client=client[0] if client else "-",
-        forward_host=where.host,
-        source=_param(call, 0),
-        target=_param(call, 1),
-        status=outcome.status,
-        fault=outcome.fault,
-        ms=(time.perf_counter() - started) * 1000,
-        request_id=headers.get("x-request-id"),
-        agent=headers.get("user-agent"),
-    )
-    ping_log.write(line)
-    if outcome.fault is None:
-        return Response(render_response(outcome.text), media_type=XML)
-    return _fault(outcome.fault, outcome.text)
+            return _fault(fault.code, fault.message)
+
+        started = time.perf_counter()
+        host = headers.get(b"host", b"").decode("latin-1") or _server(scope)
+        where = self.destinations(scope["query_string"], scope["scheme"], host)
+        client = scope.get("client")
+        outcome = where.unusable
+        if outcome is None:
+            try:
+                ping = ping_from_params(call.params)
+            except Fault as fault:
+                outcome = Outcome(fault.message, fault.code)
+            else:
+                outcome = where.refused or await self.forward(scope["state"], ping, where, client[0] if client else "")
+        self.ping_log.write(
+            PingLine(
+                client=client[0] if client else "-",
+                forward_host=where.host,
+                source=_param(call, 0),
+                target=_param(call, 1),
+                status=outcome.status,
+                fault=outcome.fault,
+                ms=(time.perf_counter() - started) * 1000,
+                request_id=_text(headers.get(b"x-request-id")),
+                agent=_text(headers.get(b"user-agent")),
+            )
+        )
+        if outcome.fault is None:
+            return _success(outcome.text)
+        return _fault(outcome.fault, outcome.text)
+
+    async def forward(self, state: State, ping: Ping, where: Destination, client_ip: str) -> Outcome:
+        limiter = state["limiter"]
+        if not limiter.acquire(where.host):
+            return Outcome(f"upstream: too many pings in flight to {where.host}; retry later", FaultCode.UPSTREAM_ERROR)
+        try:
+            return await forward(
+                state["transport"], ping, where.url, client_ip=client_ip, timeout=self.settings.timeout
+            )
+        finally:
+            limiter.release(where.host)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    """The request body, at most `limit` bytes (else `_TooLarge`, before reading if Content-Length says so)."""
+    length = headers.get(b"content-length", b"")
+    if length.isdigit() and int(length) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Gone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _fields(scope: Scope) -> dict[bytes, bytes]:
+    """The request's header fields by (lower-case) name, repeated ones combined (RFC 9110 §5.3)."""
+    fields: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        fields[name] = fields[name] + b", " + value if name in fields else value
+    return fields
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def _param(call: Call, index: int) -> str:
@@ -248,18 +325,6 @@ def _server(scope: Scope) -> str:
     # No Host field (HTTP/1.0): the address the request came in on, as Starlette's `request.url` uses.
     server = scope.get("server")
     return f"{server[0]}:{server[1]}" if server else ""
-
-
-async def _forward(request: Request, settings: Settings, ping: Ping, where: Destination) -> Outcome:
-    limiter: HostLimiter = request.state.limiter
-    if not limiter.acquire(where.host):
-        return Outcome(f"upstream: too many pings in flight to {where.host}; retry later", FaultCode.UPSTREAM_ERROR)
-    try:
-        client = request.scope.get("client")
-        client_ip = client[0] if client else ""
-        return await forward(request.state.transport, ping, where.url, client_ip=client_ip, timeout=settings.timeout)
-    finally:
-        limiter.release(where.host)
 
 
 def _authorized(request: Request, token: str) -> bool:

@@ -176,7 +176,10 @@ def _url(url: str) -> httpx.URL:
 
 def webmention_request(ping: Ping, url: str, client_ip: str) -> httpx.Request:
     """The Webmention POST for `ping` (Webmention §3.1.3: form-encoded `source` and `target`)."""
-    body = f"source={quote_plus(ping.source, safe='')}&target={quote_plus(ping.target, safe='')}".encode()
+    # ":" and "/" may stay as they are in a query (RFC 3986 §3.4), as in the Webmention spec's own
+    # example (§3.1.2); every form parser reads them so, and quote_plus is several times faster on
+    # a URL that needs no other escape.
+    body = f"source={quote_plus(ping.source, safe=':/')}&target={quote_plus(ping.target, safe=':/')}".encode()
     parsed = _url(url)
     headers = [
         (b"Host", parsed.netloc),

@@ -7,6 +7,7 @@ Cheat Sheet; IANA IPv4/IPv6 Special-Purpose Address Registries (RFC 6890 and upd
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Collection
@@ -130,25 +131,9 @@ class Policy:
 
     def check_url(self, url: str) -> None:
         """Refuse a URL by scheme, credentials, port, host allowlist or a numeric host."""
-        parts = urlsplit(url)
-        if parts.scheme not in SCHEME_PORTS:
-            raise Refused(f"scheme {parts.scheme!r} is not http or https")
-        if parts.username is not None or parts.password is not None:
-            raise Refused("URLs with credentials are not forwarded to")
-        host = (parts.hostname or "").rstrip(".")
-        if not host:
-            raise Refused("the URL has no host")
-        try:
-            port = parts.port or SCHEME_PORTS[parts.scheme]
-        except ValueError:
-            raise Refused("the URL has an invalid port") from None
-        if self.allowed_ports is not None and port not in self.allowed_ports:
-            raise Refused(f"port {port} is not allowed (PINGFORWARD_ALLOWED_PORTS)")
-        if self.allowed_hosts and not _host_allowed(host, self.allowed_hosts):
-            raise Refused(f"host {host} is not allowed (PINGFORWARD_ALLOWED_HOSTS)")
-        literal = host_literal(host)
-        if literal is not None:
-            self.check_address(literal)
+        reason = _url_refusal(self, url)
+        if reason is not None:
+            raise Refused(reason)
 
     def check_address(self, ip: IPAddress) -> None:
         """Refuse an address the URL's host resolved to, unless private networks are allowed."""
@@ -157,3 +142,31 @@ class Policy:
         reason = address_refusal(ip)
         if reason is not None:
             raise Refused(f"{reason} address {ip} (PINGFORWARD_ALLOW_PRIVATE_NETWORKS)")
+
+
+# Pings to one site all name the same forward URL, and the transport checks it again on every request.
+@functools.lru_cache(maxsize=1024)
+def _url_refusal(policy: Policy, url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEME_PORTS:
+        return f"scheme {parts.scheme!r} is not http or https"
+    if parts.username is not None or parts.password is not None:
+        return "URLs with credentials are not forwarded to"
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        return "the URL has no host"
+    try:
+        port = parts.port or SCHEME_PORTS[parts.scheme]
+    except ValueError:
+        return "the URL has an invalid port"
+    if policy.allowed_ports is not None and port not in policy.allowed_ports:
+        return f"port {port} is not allowed (PINGFORWARD_ALLOWED_PORTS)"
+    if policy.allowed_hosts and not _host_allowed(host, policy.allowed_hosts):
+        return f"host {host} is not allowed (PINGFORWARD_ALLOWED_HOSTS)"
+    literal = host_literal(host)
+    if literal is not None:
+        try:
+            policy.check_address(literal)
+        except Refused as exc:
+            return exc.reason
+    return None

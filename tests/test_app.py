@@ -215,6 +215,7 @@ async def test_one_log_line_per_ping_with_escaped_values(
     respx_mock.post(ENDPOINT).respond(400, json={"error": "no_link_found"})
     # Control characters are refused as URLs; these two pass that check but break lines in some viewers.
     await client.post("/" + FORWARD, content=ping_body(SOURCE + "?x=\u2028FAKE\x85LINE", TARGET))
+    await asyncio.sleep(0)  # lines are written when the event loop comes round
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("INFO pingforward.app: ping ")
     assert line.isprintable() and "\\u2028FAKE\\u0085LINE" in line

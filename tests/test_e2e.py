@@ -47,7 +47,8 @@ def test_success_reaches_the_receiver(open_proxy: str, wm: Receiver) -> None:
     assert ping(open_proxy, wm.url + "/ok?key=1") == "Webmention accepted"
     got = wm.received[before]
     assert got.path == "/ok?key=1"
-    assert got.body == b"source=https%3A%2F%2Fblog.example%2Fpost&target=https%3A%2F%2Fsite.example%2Fnotes%2F42"
+    # As in the Webmention spec's own example (§3.1.2): ":" and "/" need no escape in a form body.
+    assert got.body == b"source=https://blog.example/post&target=https://site.example/notes/42"
     assert got.headers["content-type"] == "application/x-www-form-urlencoded"
     assert got.headers["accept"] == "application/json"
     assert got.headers["original-remote-addr"] == "127.0.0.1"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -181,6 +182,16 @@ async def test_forward_sends_a_webmention(respx_mock: respx.MockRouter) -> None:
         {"source": PING.source, "target": PING.target}
     )
     assert list(httpx.QueryParams(request.content.decode()).keys()) == ["source", "target"]
+
+
+@pytest.mark.anyio
+async def test_form_body_escapes_what_a_form_parser_would_split_on(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(ENDPOINT).respond(202)
+    ping = Ping("https://blog.example/p?a=1&b=2+3 4#x%20y", "https://site.example/é/?q=ü")
+    async with make_transport(Settings()) as transport:
+        await forward(transport, ping, ENDPOINT, client_ip="198.51.100.9", timeout=2.0)
+    body = route.calls.last.request.content
+    assert parse_qsl(body.decode("ascii"), strict_parsing=True) == [("source", ping.source), ("target", ping.target)]
 
 
 @pytest.mark.anyio
