@@ -9,6 +9,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import respx
+from starlette.responses import PlainTextResponse
 
 from pingforward import app as app_module
 from pingforward.config import Settings
@@ -158,7 +159,8 @@ async def test_healthz(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize("settings", [Settings(max_body=2048)])
 async def test_oversized_body_is_413(client: httpx.AsyncClient, respx_mock: respx.MockRouter) -> None:
     body = ping_body() + b" " * 4096
-    assert (await client.post("/" + FORWARD, content=body)).status_code == 413
+    response = await client.post("/" + FORWARD, content=body)
+    assert response.status_code == 413 and response.headers["connection"] == "close"  # the rest is not read
 
     async def chunked() -> object:
         for _ in range(10):
@@ -166,6 +168,26 @@ async def test_oversized_body_is_413(client: httpx.AsyncClient, respx_mock: resp
 
     assert (await client.post("/" + FORWARD, content=chunked())).status_code == 413  # type: ignore[arg-type]
     assert not respx_mock.calls
+
+
+@pytest.mark.anyio
+async def test_a_sender_that_hangs_up_mid_body_gets_nothing_and_logs_nothing(
+    respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = app_module.PingbackEndpoint(Settings(), page=PlainTextResponse("page"))
+    messages = iter([{"type": "http.request", "body": b"<?xml", "more_body": True}, {"type": "http.disconnect"}])
+    sent: list[object] = []
+
+    async def receive() -> object:
+        return next(messages)
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "headers": [], "query_string": FORWARD[1:].encode()}
+    await endpoint(scope, receive, send)  # type: ignore[arg-type]
+    assert sent == [] and not respx_mock.calls
+    assert not caplog.records and capsys.readouterr().out == ""  # not an internal error, not a ping
 
 
 @pytest.mark.anyio
