@@ -1,12 +1,11 @@
 """Other ways to carry pingforward's outbound connections, kept so that bench/README.md's numbers can be re-run.
 
-Each factory builds the real app with a different transport under the same client class
-(`pingforward.transport.Client`, which keeps no cookies) and the same URL hook, and every one
-dials through `pingforward.transport.resolve`, so the address policy costs the same:
+Each factory builds the real app with a different transport in place of `transport.make_transport`'s
+(`forward()` sends every ping straight to it; POST /send's client gets it too), with the same URL check
+in front, and every one dials through `pingforward.transport.resolve`, so the address policy costs the same:
 
     .venv/bin/python bench/run.py --app alternatives:stock             # httpx's own pool (httpcore 1.0)
     .venv/bin/python bench/run.py --app alternatives:stock_wide        # the same, 1,000 connections
-    .venv/bin/python bench/run.py --app alternatives:pool_with_cookies # pool.py under a plain AsyncClient
     .venv/bin/python bench/run.py --app alternatives:no_forward        # diagnosis: no outbound HTTP at all
     .venv/bin/python bench/run.py --app alternatives:no_network        # diagnosis: httpx, but no sockets
     /other/venv/bin/python bench/run.py --app alternatives:aiohttp_transport  # needs httpx-aiohttp
@@ -29,7 +28,7 @@ from pingforward.config import Settings
 from pingforward.forward import Outcome
 from pingforward.pingback import Ping
 from pingforward.policy import Policy
-from pingforward.transport import LIMITS, USER_AGENT, VIA, Client, PolicyTransport, resolve
+from pingforward.transport import resolve
 
 
 def _checked(policy: Policy) -> Callable[[str, int], Awaitable[list[str]]]:
@@ -42,27 +41,26 @@ def _checked(policy: Policy) -> Callable[[str, int], Awaitable[list[str]]]:
     return addresses
 
 
-def _app_with(
-    transport: Callable[[Settings], httpx.AsyncBaseTransport],
-    client: type[httpx.AsyncClient] = Client,
-    check_urls: bool = True,  # PolicyTransport checks URLs itself; the others get httpx's request hook
-) -> Starlette:
-    def make_client(settings: Settings) -> httpx.AsyncClient:
-        policy = settings.policy
+class _Checked(httpx.AsyncBaseTransport):
+    """The policy's URL check in front of another transport, as PolicyTransport does it for pool.py."""
 
-        async def check_url(request: httpx.Request) -> None:
-            policy.check_url(str(request.url))
+    def __init__(self, policy: Policy, inner: httpx.AsyncBaseTransport) -> None:
+        self._policy = policy
+        self._inner = inner
 
-        return client(
-            transport=transport(settings),
-            event_hooks={"request": [check_url] if check_urls else []},
-            trust_env=False,
-            follow_redirects=False,
-            timeout=settings.timeout,
-            headers={"User-Agent": USER_AGENT, "Via": VIA},
-        )
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._policy.check_url(str(request.url))
+        return await self._inner.handle_async_request(request)
 
-    pingforward.app.make_client = make_client  # type: ignore[attr-defined]  # the lifespan looks it up per start
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _app_with(transport: Callable[[Settings], httpx.AsyncBaseTransport]) -> Starlette:
+    def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:
+        return _Checked(settings.policy, transport(settings))
+
+    pingforward.app.make_transport = make_transport  # type: ignore[attr-defined, assignment]  # the lifespan looks it up per start
     return pingforward.app.create_app()
 
 
@@ -115,11 +113,6 @@ def stock_wide() -> Starlette:
     return _app_with(partial(_httpcore_transport, httpx.Limits(max_connections=1000, max_keepalive_connections=100)))
 
 
-def pool_with_cookies() -> Starlette:
-    """pool.py under httpx's plain AsyncClient, which looks for cookies in every answer."""
-    return _app_with(lambda settings: PolicyTransport(settings.policy, LIMITS), httpx.AsyncClient, check_urls=False)
-
-
 def aiohttp_transport() -> Starlette:
     """httpx-aiohttp's transport: aiohttp's connector under httpx, resolving through the policy."""
     import aiohttp as aio  # type: ignore[import-not-found]
@@ -161,7 +154,9 @@ def aiohttp_transport() -> Starlette:
 def no_forward() -> Starlette:
     """Everything up to forward(), which answers at once without HTTP: Starlette plus our own code."""
 
-    async def delivered(client: httpx.AsyncClient, ping: Ping, url: str, *, client_ip: str, timeout: float) -> Outcome:
+    async def delivered(
+        transport: httpx.AsyncBaseTransport, ping: Ping, url: str, *, client_ip: str, timeout: float
+    ) -> Outcome:
         return Outcome(f"Pingback from {ping.source} to {ping.target} was successful!", None, 202)
 
     pingforward.app.forward = delivered  # type: ignore[attr-defined]
@@ -179,5 +174,5 @@ class _Answered(httpx.AsyncBaseTransport):
 
 
 def no_network() -> Starlette:
-    """forward() and the httpx client run, but the transport answers without a socket."""
+    """forward() and httpx's Request and Response run, but the transport answers without a socket."""
     return _app_with(lambda settings: _Answered())

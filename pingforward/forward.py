@@ -223,14 +223,14 @@ async def _post(transport: httpx.AsyncBaseTransport, ping: Ping, url: str, clien
     for _ in range(MAX_REDIRECTS + 1):
         response = await transport.handle_async_request(webmention_request(ping, url, client_ip))
         try:
-            status = response.status_code
-            location = response.headers.get("location")
+            status, headers = response.status_code, response.headers
             if status in REPOST_STATUSES:
+                location = headers.get("location")
                 if location is None or not is_http_url(next_url := urljoin(url, location.strip())):
                     return _upstream(f"HTTP {status} without a usable Location", status)
                 url = next_url
                 continue
-            length = response.headers.get("content-length", "")
+            length = headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_ANSWER:
                 return _upstream("answer too large", status)
             answer = bytearray()
@@ -238,8 +238,9 @@ async def _post(transport: httpx.AsyncBaseTransport, ping: Ping, url: str, clien
                 answer += chunk
                 if len(answer) > MAX_ANSWER:
                     return _upstream("answer too large", status)
-            if response.headers.get("content-encoding", "identity").lower() != "identity":
+            if headers.get("content-encoding", "identity").lower() != "identity":
                 answer.clear()  # asked for identity; a compressed answer is not worth decoding
+            location = headers.get("location") if status == 201 else None  # 201 Created names the mention
             return classify(ping, status, bytes(answer), location and urljoin(url, location))
         finally:
             await response.aclose()

@@ -90,14 +90,28 @@ class Ping:
 
 
 class _Unmarshaller(xmlrpc.client.Unmarshaller):
-    """The stdlib decoder, remembering the root element so a methodResponse is not taken as a call."""
+    """The stdlib decoder, plus the name of the root element (set by `_Parser`)."""
 
     root: str | None = None
 
-    def start(self, tag: str, attrs: dict[str, str]) -> None:
-        if self.root is None:
-            self.root = tag
-        super().start(tag, attrs)
+
+class _Parser(DefusedExpatParser):  # type: ignore[misc]  # defusedxml has no type hints
+    """defusedxml's expat parser for the stdlib decoder, with DTDs refused, noting the root element.
+
+    defusedxml refuses DTDs, entity declarations and external references outright, so the
+    billion-laughs family never reaches expat's expansion code.
+    """
+
+    def __init__(self, target: _Unmarshaller) -> None:
+        super().__init__(target, forbid_dtd=True)
+        self._parser.buffer_text = True  # one data callback per text run, not one per line
+        self._parser.StartElementHandler = self._root
+
+    def _root(self, tag: str, attrs: dict[str, str]) -> None:
+        # Only the first element: then the decoder's own handler, without a Python call in between.
+        self._target.root = tag
+        self._parser.StartElementHandler = self._target.start
+        self._target.start(tag, attrs)
 
 
 # What the stdlib decoder raises on XML that is well-formed but not valid XML-RPC: an unknown
@@ -117,9 +131,7 @@ _INVALID_VALUE_ERRORS: Final = (
 def parse_call(body: bytes) -> Call:
     """Decode a methodCall; raise `Fault` with PARSE_ERROR or INVALID_XMLRPC."""
     unmarshaller = _Unmarshaller()
-    # defusedxml refuses DTDs, entity declarations and external references outright, so the
-    # billion-laughs family never reaches expat's expansion code.
-    parser = DefusedExpatParser(unmarshaller, forbid_dtd=True)
+    parser = _Parser(unmarshaller)
     try:
         parser.feed(body)
         parser.close()
@@ -204,7 +216,7 @@ def render_call(ping: Ping) -> bytes:
 def parse_response(body: bytes) -> str:
     """Decode a pingback.ping answer: the success string, or raise the server's `Fault`."""
     unmarshaller = _Unmarshaller()
-    parser = DefusedExpatParser(unmarshaller, forbid_dtd=True)
+    parser = _Parser(unmarshaller)
     try:
         parser.feed(body)
         parser.close()
