@@ -25,9 +25,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pingforward import landing
 from pingforward.config import ConfigError, LogFormat, Settings
-from pingforward.forward import ForwardError, HostLimiter, Outcome, forward, parse_forward
+from pingforward.forward import MAX_FORWARD_URL, ForwardError, HostLimiter, Outcome, forward, parse_forward
 from pingforward.pingback import (
     LIST_METHODS,
+    MAX_FAULT_STRING,
     METHODS,
     PINGBACK_PING,
     Call,
@@ -83,11 +84,17 @@ def _success(text: str | tuple[str, ...]) -> Answer:
     return 200, XML_FIELDS, render_response(text)
 
 
-@functools.lru_cache(maxsize=256)
 def _fault(code: FaultCode, message: str | None = None) -> Answer:
     # XML-RPC: "Unless there's a lower-level error, always return 200 OK." WordPress, Python's
     # xmlrpc.client and mention-client-php read no fault code from any other status.
-    # Cached: junk repeats itself, and most faults are the same few.
+    if message is not None and len(message) > MAX_FAULT_STRING:
+        return 200, XML_FIELDS, render_fault(Fault(code, message))
+    return _short_fault(code, message)
+
+
+@functools.lru_cache(maxsize=256)
+def _short_fault(code: FaultCode, message: str | None) -> Answer:
+    # Junk repeats itself: most faults are the same few, so each is rendered once.
     return 200, XML_FIELDS, render_fault(Fault(code, message))
 
 
@@ -207,7 +214,13 @@ class PingbackEndpoint:
         self.body_seconds = min(settings.timeout, MAX_BODY_SECONDS)
         # Pings to one site all carry the same query string: check it once, not per ping. Keyed by
         # what the answer depends on: the query string, and the scheme and Host that name this proxy.
-        self.destinations = functools.lru_cache(maxsize=1024)(self._destination)
+        self._cached = functools.lru_cache(maxsize=1024)(self._destination)
+
+    def destinations(self, query: bytes, scheme: str, host: str) -> Destination:
+        # Only what a forward URL fits in is kept, so a flood of long queries cannot grow the cache.
+        if len(query) + len(host) <= 4 * MAX_FORWARD_URL:
+            return self._cached(query, scheme, host)
+        return self._destination(query, scheme, host)
 
     def _destination(self, query: bytes, scheme: str, host: str) -> Destination:
         return destination(query.decode("latin-1"), _own_origin(scheme, host), self.settings.policy)

@@ -168,10 +168,13 @@ HEADERS: Final = (
 )
 
 
-@functools.lru_cache(maxsize=1024)
 def _url(url: str) -> httpx.URL:
     # Pings to one site all name the same forward URL: parse it once (httpx.URL is immutable).
-    return httpx.URL(url)
+    # Only URLs as short as a forward URL may be are kept, so the cache stays under 1024 x 2 KiB.
+    return _parsed_url(url) if len(url) <= MAX_FORWARD_URL else httpx.URL(url)
+
+
+_parsed_url: Final = functools.lru_cache(maxsize=1024)(httpx.URL)
 
 
 def webmention_request(ping: Ping, url: str, client_ip: str) -> httpx.Request:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_PORTS: Final = frozenset({80, 443, 8080, 8443})
+MAX_CACHED_URL: Final = 2048  # as long as a forward URL may be; longer ones are checked afresh each time
 SCHEME_PORTS: Final = {"http": 80, "https": 443}
 
 
@@ -131,7 +132,7 @@ class Policy:
 
     def check_url(self, url: str) -> None:
         """Refuse a URL by scheme, credentials, port, host allowlist or a numeric host."""
-        reason = _url_refusal(self, url)
+        reason = _cached_refusal(self, url) if len(url) <= MAX_CACHED_URL else _url_refusal(self, url)
         if reason is not None:
             raise Refused(reason)
 
@@ -144,8 +145,6 @@ class Policy:
             raise Refused(f"{reason} address {ip} (PINGFORWARD_ALLOW_PRIVATE_NETWORKS)")
 
 
-# Pings to one site all name the same forward URL, and the transport checks it again on every request.
-@functools.lru_cache(maxsize=1024)
 def _url_refusal(policy: Policy, url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in SCHEME_PORTS:
@@ -170,3 +169,7 @@ def _url_refusal(policy: Policy, url: str) -> str | None:
         except Refused as exc:
             return exc.reason
     return None
+
+
+# Pings to one site all name the same forward URL, and the transport checks it again on every request.
+_cached_refusal: Final = functools.lru_cache(maxsize=1024)(_url_refusal)

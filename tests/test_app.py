@@ -12,6 +12,7 @@ import respx
 from starlette.responses import PlainTextResponse
 
 from pingforward import app as app_module
+from pingforward import policy as policy_module
 from pingforward.config import Settings
 from pingforward.pingback import FaultCode
 from tests.conftest import load
@@ -188,6 +189,25 @@ async def test_a_sender_that_hangs_up_mid_body_gets_nothing_and_logs_nothing(
     await endpoint(scope, receive, send)  # type: ignore[arg-type]
     assert sent == [] and not respx_mock.calls
     assert not caplog.records and capsys.readouterr().out == ""  # not an internal error, not a ping
+
+
+def test_caches_keep_only_short_keys() -> None:
+    # A flood of long, distinct query strings or URLs must not grow the per-worker caches.
+    endpoint = app_module.PingbackEndpoint(Settings(), page=PlainTextResponse("page"))
+    long_query = b"forward=https%3A%2F%2Fsite.example%2F" + b"a" * 9000
+    assert endpoint.destinations(long_query, "https", "proxy.test").unusable is not None
+    assert endpoint.destinations(FORWARD[1:].encode(), "https", "proxy.test").unusable is None
+    assert endpoint._cached.cache_info().currsize == 1
+    before = policy_module._cached_refusal.cache_info().currsize
+    with pytest.raises(policy_module.Refused):
+        Settings().policy.check_url("ftp://site.example/" + "a" * 3000)
+    assert policy_module._cached_refusal.cache_info().currsize == before
+    before = app_module._short_fault.cache_info().currsize
+    status, _, body = app_module._fault(FaultCode.UPSTREAM_ERROR, "upstream: HTTP 500 " + "x" * 5000)
+    assert app_module._short_fault.cache_info().currsize == before
+    with pytest.raises(xmlrpc.client.Fault) as fault:
+        xmlrpc.client.loads(body)
+    assert status == 200 and fault.value.faultCode == FaultCode.UPSTREAM_ERROR
 
 
 @pytest.mark.anyio
