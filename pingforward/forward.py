@@ -203,9 +203,9 @@ async def forward(
     """POST the ping as a Webmention to `url`, re-POSTing across redirects, within `timeout`.
 
     `transport` is the worker's `transport.PolicyTransport`: it checks every URL and address. It is
-    called directly, without an `httpx.AsyncClient` around it: the client's merging of defaults,
-    auth, cookie and event-hook machinery cost more per ping than the exchange itself, and none
-    of it applies to one fixed POST (bench/README.md).
+    called directly, without an `httpx.AsyncClient` around it: the client's merging of defaults and
+    its auth, redirect and event-hook machinery took 140 µs per request in-process where the pool's
+    own exchange took 85, and none of it applies to one fixed POST (bench/README.md).
     """
     try:
         async with asyncio.timeout(timeout):

@@ -1,4 +1,5 @@
-"""The outbound HTTP client: one per worker, shared by the proxy and the sender, policy enforced inside.
+"""Outbound HTTP: one transport per worker, policy enforced inside. The proxy's `forward()` sends each
+ping straight to it; the sender and `check` use an `httpx.AsyncClient` over it (`make_client`).
 
 Every request's URL is checked against the `Policy` before it is sent (so every redirect hop is
 checked too), and every new connection resolves the host once, checks every address, and
