@@ -42,7 +42,6 @@ from pingforward.pingback import (
 )
 from pingforward.pinglog import PingLine, PingLog, formatter
 from pingforward.policy import Policy, Refused
-from pingforward.send import Limits, SendError, Status, send
 from pingforward.transport import VIA, make_client, make_transport
 
 logger = logging.getLogger(__name__)
@@ -55,8 +54,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-# POST /send answers within one request; PaaS routers cut requests off at 30 s.
-SEND_LIMITS = Limits(target_timeout=10.0, deadline=25.0)
 
 
 # Real pingback bodies are under 1 KiB and arrive at once; a body still dripping in after this
@@ -377,6 +374,10 @@ def _authorized(request: Request, token: str) -> bool:
 
 
 async def _send(request: Request, token: str) -> Response:
+    # Imported on first use: the sender (and webmention.py) is a tenth of the proxy's cold start,
+    # and it is served only with PINGFORWARD_SEND_TOKEN.
+    from pingforward.send import Limits, SendError, Status, send
+
     if not _authorized(request, token):
         return JSONResponse({"error": "unauthorized"}, 401, headers={"WWW-Authenticate": 'Bearer realm="pingforward"'})
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
@@ -390,7 +391,7 @@ async def _send(request: Request, token: str) -> Response:
             sources[0].strip(),
             all_links="all_links" in flags,
             dry_run="dry_run" in flags,
-            limits=SEND_LIMITS,
+            limits=Limits(target_timeout=10.0, deadline=25.0),  # PaaS routers cut requests at 30 s
         )
     except SendError as exc:
         body = {"source": sources[0], "status": exc.status, "error": exc.detail}
