@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import gc
 import hmac
@@ -43,6 +42,7 @@ from pingforward.pingback import (
 from pingforward.pinglog import PingLine, PingLog, formatter
 from pingforward.policy import Policy, Refused
 from pingforward.transport import VIA, make_client, make_transport
+from pingforward.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             gc.unfreeze()  # the process may go on (tests, an embedding server) and expect a normal gc
             endpoint.ping_log.flush()
+            endpoint.watchdog.close()
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -229,6 +230,7 @@ class PingbackEndpoint:
         self.page = page
         self.ping_log = PingLog(settings.log_format)
         self.body_seconds = min(settings.timeout, MAX_BODY_SECONDS)
+        self.watchdog = Watchdog(tick=self.body_seconds / 5)  # a body read ends at most 20% late
         # Pings to one site all carry the same query string: check it once, not per ping. Keyed by
         # what the answer depends on: the query string, and the scheme and Host that name this proxy.
         self._cached = functools.lru_cache(maxsize=1024)(self._destination)
@@ -263,7 +265,7 @@ class PingbackEndpoint:
             # Our own forward came back to us: a forward URL naming this proxy under another name.
             return LOOP
         try:
-            async with asyncio.timeout(self.body_seconds):
+            with self.watchdog.limit(self.body_seconds):
                 body = await _read_body(receive, headers, self.settings.max_body)
         except TimeoutError:
             return TOO_SLOW
