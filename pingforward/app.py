@@ -129,12 +129,11 @@ def destination(query: str, own_origin: tuple[str | None, int], policy: Policy) 
 
 def _own_origin(scheme: str, host: str) -> tuple[str | None, int]:
     """The (host, port) that a request's scheme and Host field name, as `destination` compares them."""
-    parts = urlsplit(f"{scheme}://{host}")
     try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return parts.hostname, port or _PORTS.get(scheme, 80)
+        parts = urlsplit(f"{scheme}://{host}")
+        return parts.hostname, parts.port or _PORTS.get(scheme, 80)
+    except ValueError:  # a Host field no URL could name, such as "[": then no forward URL names us either
+        return None, 0
 
 
 _PORTS = {"http": 80, "https": 443}

