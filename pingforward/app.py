@@ -162,6 +162,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 yield {"client": client, "transport": transport, "limiter": HostLimiter(settings.max_per_host)}
         finally:
             gc.unfreeze()  # the process may go on (tests, an embedding server) and expect a normal gc
+            endpoint.ping_log.summarize()
             endpoint.ping_log.flush()
             endpoint.watchdog.close()
 
@@ -270,6 +271,15 @@ class PingbackEndpoint:
             return TOO_SLOW
         except _TooLarge:
             return TOO_LARGE
+        started = time.perf_counter()
+        host = headers.get(b"host", b"").decode("latin-1") or _server(scope)
+        where = self.destinations(scope["query_string"], scope["scheme"], host)
+        if where.unusable is not None and LIST_METHODS.encode() not in body:
+            # No usable `forward` parameter: whatever the body says, nothing can be done with it, so it
+            # is not parsed, and it is counted instead of logged: such requests are junk, the bulk of
+            # pingback traffic (webmention.io#208), and each would cost twice as much (bench/README.md).
+            self.ping_log.unroutable()
+            return _fault(FaultCode.GENERIC, where.unusable.text)
         try:
             call = parse_call(body)
             if call.method == LIST_METHODS:
@@ -279,9 +289,6 @@ class PingbackEndpoint:
         except Fault as fault:
             return _fault(fault.code, fault.message)
 
-        started = time.perf_counter()
-        host = headers.get(b"host", b"").decode("latin-1") or _server(scope)
-        where = self.destinations(scope["query_string"], scope["scheme"], host)
         client = scope.get("client")
         outcome = where.unusable
         if outcome is None:

@@ -111,10 +111,44 @@ class PingLog:
 
     name: Final = "pingforward.app"  # the logger name the lines carry, as records of that logger would
 
-    def __init__(self, log_format: LogFormat, stream: TextIO | None = None) -> None:
+    def __init__(self, log_format: LogFormat, stream: TextIO | None = None, summary_seconds: float = 60.0) -> None:
         self._json = log_format is LogFormat.JSON
         self._stream = stream
         self._pending: list[str] = []
+        self._summary_seconds = summary_seconds
+        self._unroutable = 0
+        self._summary: asyncio.TimerHandle | None = None
+
+    def unroutable(self) -> None:
+        """Count a request without a usable `forward` parameter; one line sums them up per minute."""
+        self._unroutable += 1
+        if self._summary is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.summarize()
+                return
+            self._summary = loop.call_later(self._summary_seconds, self.summarize)
+
+    def summarize(self) -> None:
+        """Write the count of unroutable requests since the last summary, if there were any."""
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summary = None
+        count, self._unroutable = self._unroutable, 0
+        if not count:
+            return
+        if self._json:
+            entry = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "level": "INFO",
+                "logger": self.name,
+                "event": "unroutable",
+                "count": count,
+            }
+            self._add(json.dumps(entry))
+        else:
+            self._add(f"INFO {self.name}: unroutable count={count} (no usable forward parameter; fault 0)")
 
     def format(self, line: PingLine) -> str:
         if not self._json:
@@ -129,7 +163,10 @@ class PingLog:
         return json.dumps(entry, ensure_ascii=True)
 
     def write(self, line: PingLine) -> None:
-        self._pending.append(self.format(line) + "\n")
+        self._add(self.format(line))
+
+    def _add(self, text: str) -> None:
+        self._pending.append(text + "\n")
         if len(self._pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)

@@ -129,6 +129,18 @@ async def test_unknown_method_is_named(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("query", ["", "?forward=", "?forward=ftp%3A%2F%2Fx%2F", "?a=1"])
+async def test_without_a_usable_forward_the_body_is_not_read_into(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, query: str
+) -> None:
+    # Whatever the body is, nothing can be done with it: the answer is the forward parameter's fault.
+    for body in (ping_body(), b"<?xml version='1.0'?><methodCall><methodName>", b"\x00junk"):
+        code, message = fault(await client.post("/" + query, content=body))
+        assert code == FaultCode.GENERIC and "'forward' parameter" in message
+    assert not respx_mock.calls
+
+
+@pytest.mark.anyio
 async def test_list_methods(client: httpx.AsyncClient) -> None:
     body = xmlrpc.client.dumps((), "system.listMethods").encode()
     response = await client.post("/", content=body)

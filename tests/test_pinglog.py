@@ -130,7 +130,8 @@ async def test_app_logs_one_line_per_ping(
         content=ping_body(),
         headers={"X-Request-Id": "req-1", "User-Agent": "WordPress/6.5"},
     )
-    await client.post("/", content=ping_body("https://a.example/\nINFO forged"))
+    await client.post("/?forward=http%3A%2F%2F10.1.2.3%2Fwm", content=ping_body("https://a.example/\nINFO forged"))
+    await client.post("/", content=ping_body())  # no forward: counted, not logged one by one
     await client.post("/", content=xmlrpc.client.dumps((), "system.listMethods"))
     await asyncio.sleep(0)  # lines are written when the event loop comes round
     lines = capsys.readouterr().out.splitlines()
@@ -148,9 +149,30 @@ async def test_app_logs_one_line_per_ping(
         "agent": "WordPress/6.5",
     }
     assert float(delivered["ms"]) >= 0
-    assert (refused["forward_host"], refused["status"], refused["outcome"]) == ("-", "-", "0")
+    assert (refused["forward_host"], refused["status"], refused["outcome"]) == ("10.1.2.3", "-", "16")
     assert "request_id" not in refused
     assert json.loads(refused["source"]) == "https://a.example/\nINFO forged"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("log", ["text", "json"])
+async def test_unroutable_requests_are_summed_up_once_per_window(log: str) -> None:
+    stream = Stream()
+    ping_log = PingLog(LogFormat(log), stream, summary_seconds=0.05)
+    for _ in range(3):
+        ping_log.unroutable()
+    await asyncio.sleep(0)
+    assert stream.getvalue() == ""  # nothing per request
+    await asyncio.sleep(0.2)  # the window closes: one line for all three
+    (line,) = stream.getvalue().splitlines()
+    if log == "json":
+        entry = json.loads(line)
+        assert (entry["event"], entry["count"], entry["logger"]) == ("unroutable", 3, "pingforward.app")
+    else:
+        assert line == "INFO pingforward.app: unroutable count=3 (no usable forward parameter; fault 0)"
+    ping_log.summarize()  # nothing new: nothing written
+    await asyncio.sleep(0)
+    assert len(stream.getvalue().splitlines()) == 1
 
 
 class Stream(io.StringIO):
@@ -205,24 +227,37 @@ def test_a_closed_stdout_does_not_fail_the_ping() -> None:
     ids=["default", "environment", "option-wins"],
 )
 def test_served_log_lines(tmp_path: Path, log_format: LogFormat, args: list[str], env: dict[str, str]) -> None:
-    # A real server process; a missing forward parameter is answered without any outbound request.
+    # A real server process. A source that is not a URL is refused (fault 16) before anything is sent;
+    # a request without `forward` is only counted, in one line at shutdown.
     with run_cli_server(tmp_path, *args, env=env) as server:
-        response = httpx.post(
-            server.base + "/webmention",
-            content=ping_body("https://a.example/\nINFO forged"),
-            headers={"Content-Type": "text/xml", "X-Request-Id": "req-42"},
-            trust_env=False,
-        )
-        with pytest.raises(xmlrpc.client.Fault) as fault:
-            xmlrpc.client.loads(response.content)
-        assert fault.value.faultCode == 0
-    lines = [line for line in server.output().splitlines() if "req-42" in line]
+        faults = []
+        for path in ("/webmention?forward=http%3A%2F%2F127.0.0.1%3A9%2Fwm", "/webmention"):
+            response = httpx.post(
+                server.base + path,
+                content=ping_body("https://a.example/\nINFO forged"),
+                headers={"Content-Type": "text/xml", "X-Request-Id": "req-42"},
+                trust_env=False,
+            )
+            with pytest.raises(xmlrpc.client.Fault) as fault:
+                xmlrpc.client.loads(response.content)
+            faults.append(fault.value.faultCode)
+        assert faults == [FaultCode.SOURCE_NOT_FOUND, FaultCode.GENERIC]
+    output = server.output().splitlines()
+    lines = [line for line in output if "req-42" in line]
     assert len(lines) == 1, server.output()
-    assert not any(line.startswith("INFO forged") for line in server.output().splitlines())
+    assert not any(line.startswith("INFO forged") for line in output)
+    summaries = [line for line in output if "unroutable" in line]
     if log_format is LogFormat.JSON:
         entry = json.loads(lines[0])
-        assert (entry["event"], entry["outcome"], entry["status"]) == ("ping", 0, None)
+        assert (entry["event"], entry["outcome"], entry["status"], entry["forward_host"]) == (
+            "ping",
+            16,
+            None,
+            "127.0.0.1",
+        )
         assert entry["source"] == "https://a.example/\nINFO forged"
+        assert [json.loads(line)["count"] for line in summaries] == [1]
     else:
-        assert lines[0].startswith("INFO pingforward.app: ping client=127.0.0.1 forward_host=- ")
-        assert 'source="https://a.example/\\nINFO forged"' in lines[0] and " outcome=0 " in lines[0]
+        assert lines[0].startswith("INFO pingforward.app: ping client=127.0.0.1 forward_host=127.0.0.1 ")
+        assert 'source="https://a.example/\\nINFO forged"' in lines[0] and " outcome=16 " in lines[0]
+        assert summaries == ["INFO pingforward.app: unroutable count=1 (no usable forward parameter; fault 0)"]
