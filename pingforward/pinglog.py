@@ -102,10 +102,11 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
 class PingLog:
     """Writes ping lines to standard output (or `stream`), in the same formats as the formatters above.
 
-    Ping lines bypass `logging`: creating and dispatching a record cost more than everything else a
-    refused ping costs (bench/README.md). Lines are collected and written, in one write(2), when the
-    event loop finishes its current turn: the pings answered in one turn cost one system call even
-    with PYTHONUNBUFFERED (which PaaS Python buildpacks set), and no line waits for the next ping.
+    Ping lines bypass `logging`: in-process, a line through a `logging` record cost 40-65 µs per ping,
+    against about 20 formatted and written here. Lines are collected and written, in one write(2),
+    when the event loop finishes its current turn: the pings answered in one turn cost one system
+    call even with PYTHONUNBUFFERED (which PaaS Python buildpacks set), and no line waits for the
+    next ping.
     Other messages (errors) still go through `logging`, to the same stdout.
     """
 
