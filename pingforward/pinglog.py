@@ -105,7 +105,7 @@ class PingLog:
     Ping lines bypass `logging`: in-process, a line through a `logging` record cost 40-65 µs per ping,
     against about 20 formatted and written here. Lines are collected and written, in one write(2),
     when the event loop finishes its current turn: the pings answered in one turn cost one system
-    call even with PYTHONUNBUFFERED (which PaaS Python buildpacks set), and no line waits for the
+    call even with PYTHONUNBUFFERED (which Heroku's Python buildpack sets), and no line waits for the
     next ping.
     Other messages (errors) still go through `logging`, to the same stdout.
     """
