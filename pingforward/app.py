@@ -40,7 +40,7 @@ from pingforward.pingback import (
     render_response,
 )
 from pingforward.pinglog import PingLine, PingLog, formatter
-from pingforward.policy import Policy, Refused
+from pingforward.policy import SCHEME_PORTS, Policy, Refused
 from pingforward.transport import VIA, make_client, make_transport
 from pingforward.watchdog import Watchdog
 
@@ -75,6 +75,8 @@ CLOSE_FIELDS: Final = [(b"content-type", b"text/plain; charset=utf-8"), (b"conne
 TOO_LARGE: Final[Answer] = (413, CLOSE_FIELDS, b"Content Too Large")
 TOO_SLOW: Final[Answer] = (408, CLOSE_FIELDS, b"Request Timeout")
 LOOP: Final[Answer] = (508, [(b"content-type", b"text/plain; charset=utf-8")], b"Loop Detected")
+VIA_BYTES: Final = VIA.encode()
+LIST_METHODS_BYTES: Final = LIST_METHODS.encode()
 
 
 def _success(text: str | tuple[str, ...]) -> Answer:
@@ -120,7 +122,7 @@ def destination(query: str, own_origin: tuple[str | None, int], policy: Policy) 
     try:
         # Checked here before anything is sent, and again by the transport on every hop and connection.
         policy.check_url(url)
-        if (parts.hostname, parts.port or _PORTS[parts.scheme]) == own_origin:
+        if (parts.hostname, parts.port or SCHEME_PORTS[parts.scheme]) == own_origin:
             raise Refused("the forward URL points at this proxy")
     except Refused as exc:
         return Destination(url, host, refused=Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED))
@@ -131,12 +133,9 @@ def _own_origin(scheme: str, host: str) -> tuple[str | None, int]:
     """The (host, port) that a request's scheme and Host field name, as `destination` compares them."""
     try:
         parts = urlsplit(f"{scheme}://{host}")
-        return parts.hostname, parts.port or _PORTS.get(scheme, 80)
+        return parts.hostname, parts.port or SCHEME_PORTS.get(scheme, 80)
     except ValueError:  # a Host field no URL could name, such as "[": then no forward URL names us either
         return None, 0
-
-
-_PORTS = {"http": 80, "https": 443}
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -261,7 +260,7 @@ class PingbackEndpoint:
 
     async def answer(self, scope: Scope, receive: Receive) -> Answer:
         headers = _fields(scope)
-        if VIA.encode() in headers.get(b"via", b""):
+        if VIA_BYTES in headers.get(b"via", b""):
             # Our own forward came back to us: a forward URL naming this proxy under another name.
             return LOOP
         try:
@@ -274,7 +273,7 @@ class PingbackEndpoint:
         started = time.perf_counter()
         host = headers.get(b"host", b"").decode("latin-1") or _server(scope)
         where = self.destinations(scope["query_string"], scope["scheme"], host)
-        if where.unusable is not None and LIST_METHODS.encode() not in body:
+        if where.unusable is not None and LIST_METHODS_BYTES not in body:
             # No usable `forward` parameter: whatever the body says, nothing can be done with it, so it
             # is not parsed, and it is counted instead of logged: such requests are junk, the bulk of
             # pingback traffic (webmention.io#208), and each would cost twice as much (bench/README.md).
@@ -289,7 +288,7 @@ class PingbackEndpoint:
         except Fault as fault:
             return _fault(fault.code, fault.message)
 
-        client = scope.get("client")
+        client_ip = scope["client"][0] if scope.get("client") else ""
         outcome = where.unusable
         if outcome is None:
             try:
@@ -297,10 +296,10 @@ class PingbackEndpoint:
             except Fault as fault:
                 outcome = Outcome(fault.message, fault.code)
             else:
-                outcome = where.refused or await self.forward(scope["state"], ping, where, client[0] if client else "")
+                outcome = where.refused or await self.forward(scope["state"], ping, where, client_ip)
         self.ping_log.write(
             PingLine(
-                client=client[0] if client else "-",
+                client=client_ip or "-",
                 forward_host=where.host,
                 source=_param(call, 0),
                 target=_param(call, 1),
