@@ -29,6 +29,7 @@ from pingforward.forward import Outcome
 from pingforward.pingback import Ping
 from pingforward.policy import Policy
 from pingforward.transport import resolve
+from pingforward.watchdog import Watchdog
 
 
 def _checked(policy: Policy) -> Callable[[str, int], Awaitable[list[str]]]:
@@ -155,7 +156,13 @@ def no_forward() -> Starlette:
     """Everything up to forward(), which answers at once without HTTP: Starlette plus our own code."""
 
     async def delivered(
-        transport: httpx.AsyncBaseTransport, ping: Ping, url: str, *, client_ip: str, timeout: float
+        transport: httpx.AsyncBaseTransport,
+        ping: Ping,
+        url: str,
+        *,
+        client_ip: str,
+        timeout: float,
+        watchdog: Watchdog,
     ) -> Outcome:
         return Outcome(f"Pingback from {ping.source} to {ping.target} was successful!", None, 202)
 

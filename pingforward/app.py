@@ -229,7 +229,7 @@ class PingbackEndpoint:
         self.page = page
         self.ping_log = PingLog(settings.log_format)
         self.body_seconds = min(settings.timeout, MAX_BODY_SECONDS)
-        self.watchdog = Watchdog(tick=self.body_seconds / 5)  # a body read ends at most 20% late
+        self.watchdog = Watchdog()  # the deadlines of body reads and forwards
         # Pings to one site all carry the same query string: check it once, not per ping. Keyed by
         # what the answer depends on: the query string, and the scheme and Host that name this proxy.
         self._cached = functools.lru_cache(maxsize=1024)(self._destination)
@@ -320,7 +320,12 @@ class PingbackEndpoint:
             return Outcome(f"upstream: too many pings in flight to {where.host}; retry later", FaultCode.UPSTREAM_ERROR)
         try:
             return await forward(
-                state["transport"], ping, where.url, client_ip=client_ip, timeout=self.settings.timeout
+                state["transport"],
+                ping,
+                where.url,
+                client_ip=client_ip,
+                timeout=self.settings.timeout,
+                watchdog=self.watchdog,
             )
         finally:
             limiter.release(where.host)

@@ -7,7 +7,6 @@ and https://www.hixie.ch/specs/pingback/pingback (fault codes).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import re
@@ -20,6 +19,7 @@ import httpx
 from pingforward.pingback import FaultCode, Ping, is_http_url
 from pingforward.policy import Refused
 from pingforward.transport import USER_AGENT, VIA
+from pingforward.watchdog import Watchdog
 
 MAX_FORWARD_URL: Final = 2048
 MAX_ANSWER: Final = 64 * 1024
@@ -198,9 +198,17 @@ def webmention_request(ping: Ping, url: str, client_ip: str) -> httpx.Request:
 
 
 async def forward(
-    transport: httpx.AsyncBaseTransport, ping: Ping, url: str, *, client_ip: str, timeout: float
+    transport: httpx.AsyncBaseTransport,
+    ping: Ping,
+    url: str,
+    *,
+    client_ip: str,
+    timeout: float,
+    watchdog: Watchdog,
 ) -> Outcome:
     """POST the ping as a Webmention to `url`, re-POSTing across redirects, within `timeout`.
+
+    The deadline is kept by the worker's `watchdog` (the endpoint's), not by a timer of its own.
 
     `transport` is the worker's `transport.PolicyTransport`: it checks every URL and address. It is
     called directly, without an `httpx.AsyncClient` around it: the client's merging of defaults and
@@ -208,7 +216,7 @@ async def forward(
     own exchange took 85, and none of it applies to one fixed POST (bench/README.md).
     """
     try:
-        async with asyncio.timeout(timeout):
+        with watchdog.limit(timeout):
             return await _post(transport, ping, url, client_ip)
     except Refused as exc:
         return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
@@ -225,26 +233,30 @@ async def _post(transport: httpx.AsyncBaseTransport, ping: Ping, url: str, clien
     # Webmention (snarfed/bridgy#753), so redirects are followed here, re-POSTing the same body.
     for _ in range(MAX_REDIRECTS + 1):
         response = await transport.handle_async_request(webmention_request(ping, url, client_ip))
+        # The transport's own stream, read and closed as httpx's client does underneath: its
+        # `aiter_raw` and `aclose` would add a chunker and two context managers per ping.
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
         try:
-            status, headers = response.status_code, response.headers
+            status, fields = response.status_code, dict(response.headers.items())
             if status in REPOST_STATUSES:
-                location = headers.get("location")
+                location = fields.get("location")
                 if location is None or not is_http_url(next_url := urljoin(url, location.strip())):
                     return _upstream(f"HTTP {status} without a usable Location", status)
                 url = next_url
                 continue
-            length = headers.get("content-length", "")
+            length = fields.get("content-length", "")
             if length.isdigit() and int(length) > MAX_ANSWER:
                 return _upstream("answer too large", status)
             answer = bytearray()
-            async for chunk in response.aiter_raw():
+            async for chunk in stream:
                 answer += chunk
                 if len(answer) > MAX_ANSWER:
                     return _upstream("answer too large", status)
-            if headers.get("content-encoding", "identity").lower() != "identity":
+            if fields.get("content-encoding", "identity").lower() != "identity":
                 answer.clear()  # asked for identity; a compressed answer is not worth decoding
-            location = headers.get("location") if status == 201 else None  # 201 Created names the mention
+            location = fields.get("location") if status == 201 else None  # 201 Created names the mention
             return classify(ping, status, bytes(answer), location and urljoin(url, location))
         finally:
-            await response.aclose()
+            await stream.aclose()
     return _upstream(f"more than {MAX_REDIRECTS} redirects")

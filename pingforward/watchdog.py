@@ -1,24 +1,30 @@
-"""Deadlines for many tasks with one timer: the pingback endpoint's limit on reading a request body.
+"""Deadlines for many tasks with one timer: the pingback endpoint's body reads and forwards.
 
-`asyncio.timeout` arms and cancels a timer per use: 4.5 µs with uvloop, a twentieth of what a junk
-request may cost (bench/README.md). A `Watchdog` keeps the deadlines in a dict and checks them with
-one timer per worker, every `tick` seconds while any are pending: 0.5 µs per use, and a deadline
-fires up to one tick late. Like `asyncio.timeout`, an overdue task is cancelled and `TimeoutError`
-raised in it; a cancellation from elsewhere (shutdown) still goes through as `CancelledError`.
+`asyncio.timeout` arms and cancels a timer per use: 4.5 µs with uvloop, and each ping needs two
+(bench/README.md). A `Watchdog` keeps the deadlines in a dict and one timer, armed at the earliest
+of them: a new deadline re-arms it only when it falls before that, which with one limit for all
+(the usual case) is never while the timer is armed. 0.5 µs per use. Like `asyncio.timeout`, an
+overdue task is cancelled and `TimeoutError` raised in it; a cancellation from elsewhere
+(shutdown) still goes through as `CancelledError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from types import TracebackType
+from typing import Final
+
+# A deadline this close is due: timers fire on the loop's clock, which may round (uvloop: to 1 ms).
+SLACK: Final = 0.001
 
 
 class Watchdog:
-    def __init__(self, tick: float = 1.0) -> None:
-        self._tick = tick
+    def __init__(self) -> None:
         self._deadlines: dict[asyncio.Task[object], float] = {}
         self._overdue: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._due = math.inf  # when the timer fires
 
     def limit(self, seconds: float) -> _Limit:
         """`with watchdog.limit(5):` around awaits in one task, not nested; TimeoutError once overdue."""
@@ -27,22 +33,33 @@ class Watchdog:
     def _start(self, seconds: float) -> asyncio.Task[object]:
         task = asyncio.current_task()
         assert task is not None and task not in self._deadlines, "one limit at a time per task"
-        loop = asyncio.get_running_loop()
-        self._deadlines[task] = loop.time() + seconds
-        if self._timer is None:
-            self._timer = loop.call_later(self._tick, self._check)
+        loop = task.get_loop()
+        deadline = loop.time() + seconds
+        self._deadlines[task] = deadline
+        if deadline < self._due:
+            self._arm(loop, deadline)
         return task
 
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._due = loop.call_at(when, self._check), when
+
     def _check(self) -> None:
+        self._timer, self._due = None, math.inf
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        for task, deadline in list(self._deadlines.items()):
-            if deadline <= now and task not in self._overdue:
+        now = loop.time() + SLACK
+        due = math.inf
+        for task, deadline in self._deadlines.items():
+            if deadline > now:
+                due = min(due, deadline)
+            elif task not in self._overdue:
                 # The task is waiting inside its limit (it leaves the dict on the way out), so the
                 # cancellation arrives at an await inside it, where `_Limit.__exit__` sees it.
                 self._overdue.add(task)
                 task.cancel()
-        self._timer = loop.call_later(self._tick, self._check) if self._deadlines else None
+        if due < math.inf:
+            self._arm(loop, due)
 
     def _stop(self, task: asyncio.Task[object]) -> bool:
         """Forget `task`'s deadline; True if it was cancelled for being overdue."""
@@ -55,7 +72,7 @@ class Watchdog:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+        self._timer, self._due = None, math.inf
 
 
 class _Limit:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import parse_qsl
 
@@ -21,6 +22,7 @@ from pingforward.forward import (
 )
 from pingforward.pingback import FaultCode, Ping
 from pingforward.transport import make_transport
+from pingforward.watchdog import Watchdog
 
 PING = Ping("https://blog.example/post", "https://site.example/notes/42")
 DEFAULT_OK = "Pingback from https://blog.example/post to https://site.example/notes/42 was successful!"
@@ -165,7 +167,7 @@ def test_host_limiter() -> None:
 
 async def run(url: str = ENDPOINT, timeout: float = 2.0) -> Outcome:
     async with make_transport(Settings(timeout=timeout)) as transport:
-        return await forward(transport, PING, url, client_ip="198.51.100.9", timeout=timeout)
+        return await forward(transport, PING, url, client_ip="198.51.100.9", timeout=timeout, watchdog=Watchdog())
 
 
 @pytest.mark.anyio
@@ -189,7 +191,7 @@ async def test_form_body_escapes_what_a_form_parser_would_split_on(respx_mock: r
     route = respx_mock.post(ENDPOINT).respond(202)
     ping = Ping("https://blog.example/p?a=1&b=2+3 4#x%20y", "https://site.example/é/?q=ü")
     async with make_transport(Settings()) as transport:
-        await forward(transport, ping, ENDPOINT, client_ip="198.51.100.9", timeout=2.0)
+        await forward(transport, ping, ENDPOINT, client_ip="198.51.100.9", timeout=2.0, watchdog=Watchdog())
     body = route.calls.last.request.content
     assert parse_qsl(body.decode("ascii"), strict_parsing=True) == [("source", ping.source), ("target", ping.target)]
 
@@ -256,6 +258,32 @@ async def test_transport_errors_are_fault_50_without_internals(
     outcome = await run()
     assert outcome == Outcome(f"upstream: {words}", FaultCode.UPSTREAM_ERROR)
     assert "Errno" not in outcome.text
+
+
+class _Hanging(httpx.AsyncBaseTransport):
+    """A receiver that takes the request and never answers."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        raise AssertionError("not cut off")
+
+
+@pytest.mark.anyio
+async def test_a_receiver_that_never_answers_is_cut_off_at_the_timeout() -> None:
+    transport, watchdog = _Hanging(), Watchdog()
+    outcome = await forward(transport, PING, ENDPOINT, client_ip="198.51.100.9", timeout=0.05, watchdog=watchdog)
+    assert outcome == Outcome("upstream: no answer within 0.05 s", FaultCode.UPSTREAM_ERROR)
+    assert transport.cancelled and not watchdog._deadlines  # the exchange was stopped, nothing left behind
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    watchdog.close()
 
 
 @pytest.mark.anyio

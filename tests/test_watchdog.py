@@ -10,7 +10,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_an_overdue_task_gets_timeout_error_and_is_not_left_cancelled() -> None:
-    watchdog = Watchdog(tick=0.01)
+    watchdog = Watchdog()
     with pytest.raises(TimeoutError):
         with watchdog.limit(0.02):
             await asyncio.sleep(5)  # cut off by the watchdog, long before
@@ -21,33 +21,54 @@ async def test_an_overdue_task_gets_timeout_error_and_is_not_left_cancelled() ->
 
 
 async def test_a_task_within_its_limit_is_left_alone_and_the_timer_stops() -> None:
-    watchdog = Watchdog(tick=0.01)
-    with watchdog.limit(10):
-        await asyncio.sleep(0.03)  # several ticks: checked, not overdue
-    assert watchdog._timer is not None
-    await asyncio.sleep(0.03)
-    assert watchdog._timer is None and not watchdog._deadlines  # nothing pending, no timer
+    watchdog = Watchdog()
+    with watchdog.limit(0.02):
+        await asyncio.sleep(0)
+    assert watchdog._timer is not None  # armed at the deadline, not cancelled per use
+    await asyncio.sleep(0.05)
+    assert watchdog._timer is None and not watchdog._deadlines  # fired, found nothing, stopped
 
 
-async def test_only_the_overdue_task_is_cut_off() -> None:
-    watchdog = Watchdog(tick=0.01)
+async def test_one_timer_for_many_limits_rearmed_only_for_an_earlier_deadline() -> None:
+    watchdog = Watchdog()
 
-    async def read(seconds: float, limit: float) -> str:
+    async def hold(limit: float) -> None:
+        with watchdog.limit(limit):
+            await asyncio.sleep(0.01)
+
+    await hold(10)
+    timer = watchdog._timer
+    assert timer is not None
+    await asyncio.gather(*(hold(10) for _ in range(50)))
+    assert watchdog._timer is timer and not timer.cancelled()  # later deadlines: the same timer
+    await hold(5)
+    assert watchdog._timer is not timer and timer.cancelled()  # an earlier one: armed anew
+    watchdog.close()
+
+
+async def test_only_the_overdue_task_is_cut_off_and_each_at_its_own_deadline() -> None:
+    watchdog = Watchdog()
+    loop = asyncio.get_running_loop()
+
+    async def read(seconds: float, limit: float) -> tuple[str, float]:
+        started = loop.time()
         try:
             with watchdog.limit(limit):
                 await asyncio.sleep(seconds)
         except TimeoutError:
-            return "timed out"
-        return "done"
+            return "timed out", loop.time() - started
+        return "done", loop.time() - started
 
-    results = await asyncio.gather(read(5, 0.02), read(0.05, 10), read(0, 10))
-    assert list(results) == ["timed out", "done", "done"]
+    results = await asyncio.gather(read(5, 0.2), read(5, 0.05), read(0.1, 10), read(0, 10))
+    assert [outcome for outcome, _ in results] == ["timed out", "timed out", "done", "done"]
+    # Not before its deadline: the later limit is not cut off with the earlier one.
+    assert results[0][1] >= 0.2 - 0.002 and results[1][1] >= 0.05 - 0.002
     watchdog.close()
 
 
 @pytest.mark.parametrize("overdue_too", [False, True])
 async def test_a_cancellation_from_elsewhere_goes_through(overdue_too: bool) -> None:
-    watchdog = Watchdog(tick=100)  # checked by hand below
+    watchdog = Watchdog()
 
     async def read() -> None:
         with watchdog.limit(10):
