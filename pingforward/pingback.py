@@ -128,8 +128,51 @@ _INVALID_VALUE_ERRORS: Final = (
 )
 
 
+# A plain methodCall, as WordPress, IXR, xmlrpc.client and curl scripts send one: printable ASCII
+# (checked first: no encoding to decode, no "\r" to normalise), no "&" (no entity or character
+# reference) and no "]]>" (not allowed in text, XML 1.0 §2.4), the XML declaration absent or in its
+# usual forms, no attributes, comments or CDATA, and every param a <string> or an untyped <value>
+# ("If no type is indicated, the type is string", XML-RPC spec). Possessive quantifiers: no backtracking.
+_PLAIN_BYTES: Final = re.compile(rb"[\t\n\x20-\x7e]*+")
+_PLAIN_CALL: Final = re.compile(
+    rb"""(?:<\?xml version=(["'])1\.0\1(?: encoding=(["'])(?i:utf-8|us-ascii|ascii|iso-8859-1)\2)?\s*+\?>)?"""
+    rb"\s*+<methodCall>\s*+<methodName>([^<]*+)</methodName>\s*+<params>\s*+"
+    rb"((?:<param>\s*+<value>(?:\s*+<string>[^<]*+</string>\s*+|[^<]*+)</value>\s*+</param>\s*+)*+)"
+    rb"</params>\s*+</methodCall>\s*+"
+)
+# Around a <string>, the decoder drops the whitespace; an untyped value keeps all of its text.
+_PLAIN_VALUE: Final = re.compile(rb"<value>(?:\s*+<string>([^<]*+)</string>\s*+|([^<]*+))</value>")
+
+
 def parse_call(body: bytes) -> Call:
-    """Decode a methodCall; raise `Fault` with PARSE_ERROR or INVALID_XMLRPC."""
+    """Decode a methodCall; raise `Fault` with PARSE_ERROR or INVALID_XMLRPC.
+
+    A plain call is read with two regular expressions, anything else by the stdlib decoder under
+    defusedxml. Both give the same `Call` for every plain call (tests/test_properties.py). The
+    shortcut takes a sixth off the CPU of a whole forwarded ping in-process (bench/README.md): expat's
+    callbacks into Python, one per tag and per text, were the largest part of our own handling. A
+    body that is not plain pays 2-3 µs more for the attempt.
+    """
+    plain = _plain_call(body)
+    return plain if plain is not None else _decoded_call(body)
+
+
+def _plain_call(body: bytes) -> Call | None:
+    """The call, if `body` is a plain one (above); None sends it to the full decoder."""
+    if b"&" in body or b"]]>" in body or _PLAIN_BYTES.fullmatch(body) is None:
+        return None
+    match = _PLAIN_CALL.fullmatch(body)
+    if match is None:
+        return None
+    params = tuple(
+        (typed if typed is not None else untyped).decode("ascii")
+        for typed, untyped in (value.groups() for value in _PLAIN_VALUE.finditer(match[4]))
+    )
+    return Call(match[3].decode("ascii").strip(), params)
+
+
+def _decoded_call(body: bytes) -> Call:
+    """The stdlib decoder under defusedxml: every methodCall, whatever its encoding, types or entities."""
     unmarshaller = _Unmarshaller()
     parser = _Parser(unmarshaller)
     try:

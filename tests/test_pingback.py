@@ -6,6 +6,7 @@ import pytest
 
 from pingforward.pingback import (
     MAX_FAULT_STRING,
+    Call,
     Fault,
     FaultCode,
     Ping,
@@ -17,6 +18,8 @@ from pingforward.pingback import (
     render_fault,
     render_response,
 )
+from pingforward.pingback import _decoded_call as decoded_call
+from pingforward.pingback import _plain_call as plain_call
 from tests.conftest import load
 
 POST = "https://blog.example/post"
@@ -102,6 +105,59 @@ def test_parse(body: bytes, expected: Ping | FaultCode) -> None:
             parse_ping(body)
         assert info.value.code is expected
         assert info.value.message
+
+
+# parse_call reads plain calls with two regular expressions; everything else goes to the stdlib decoder.
+PLAIN = [
+    pytest.param(load("pingback/node.xml"), id="node-pingback"),
+    pytest.param(load("pingback/curl-untyped.xml"), id="curl-untyped"),
+    pytest.param(load("pingback/pushl.xml"), id="pushl-ascii"),
+    pytest.param(load("pingback/pretty-whitespace.xml"), id="whitespace"),
+    pytest.param(load("pingback/semantic-third-param.xml"), id="third-param"),
+    pytest.param(render_call(Ping(POST, NOTE)), id="xmlrpc-client"),
+    pytest.param(call(POST, "<string></string>", "", method="m"), id="empty-values"),
+    pytest.param(call(method="m"), id="no-params"),
+    pytest.param(call("\t a > b \n", "<string> 'q\" ] </string>", method="\n m \t"), id="whitespace-and-marks"),
+    pytest.param(b"<?xml version='1.0' encoding='utf-8' ?>\n" + call(POST, NOTE) + b"\n\n", id="declaration"),
+]
+
+
+@pytest.mark.parametrize("body", PLAIN)
+def test_plain_calls_take_the_shortcut_and_decode_as_the_stdlib_does(body: bytes) -> None:
+    plain = plain_call(body)
+    assert isinstance(plain, Call)
+    assert plain == decoded_call(body) == parse_call(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(load("pingback/wordpress.xml"), id="entity-and-character-reference"),
+        pytest.param(load("pingback/cdata.xml"), id="cdata"),
+        pytest.param(load("pingback/latin1.xml"), id="iso-8859-1-bytes"),
+        pytest.param(load("pingback/dtd.xml"), id="dtd"),
+        pytest.param(load("pingback/billion-laughs.xml"), id="billion-laughs"),
+        pytest.param(b"\xef\xbb\xbf" + load("pingback/node.xml"), id="utf8-bom"),
+        pytest.param(call(POST, NOTE).replace(b"<params>", b"<params><!-- c -->"), id="comment"),
+        pytest.param(call(POST, NOTE).replace(b"<params>", b"<params>\r\n"), id="carriage-return"),
+        pytest.param(call("a]]>b", NOTE), id="cdata-end-in-text"),
+        pytest.param(call(POST, NOTE).replace(b"<methodCall>", b'<methodCall xmlns="x">'), id="attribute"),
+        pytest.param(b'<?xml version="1.0" standalone="yes"?>' + call(POST, NOTE), id="standalone"),
+        pytest.param(b'<?xml version="1.0" encoding="UTF-16"?>' + call(POST, NOTE), id="utf-16-declared"),
+        pytest.param(b' <?xml version="1.0"?>' + call(POST, NOTE), id="space-before-declaration"),
+        pytest.param(call("<int>1</int>", NOTE), id="int"),
+        pytest.param(call(POST, "<array><data/></array>"), id="array"),
+        pytest.param(call(POST, "\x7f"), id="delete-character"),
+        pytest.param(call(POST, "a\x00b"), id="nul"),
+        pytest.param(b"<methodCall><methodName>m</methodName></methodCall>", id="no-params-element"),
+        pytest.param(b"<methodCall><methodName>m</methodName><params/></methodCall>", id="empty-element-tag"),
+        pytest.param(call(POST, NOTE) + b"<x/>", id="two-roots"),
+        pytest.param(call(POST, NOTE)[:-5], id="truncated"),
+        pytest.param(call(POST, "<string>x</string> y"), id="text-beside-string"),
+    ],
+)
+def test_anything_else_goes_to_the_full_decoder(body: bytes) -> None:
+    assert plain_call(body) is None
 
 
 @pytest.mark.parametrize("ping", [case.values[1] for case in CASES if isinstance(case.values[1], Ping)])

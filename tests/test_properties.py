@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from pingforward.forward import classify
 from pingforward.pingback import Fault, FaultCode, Ping, parse_call, ping_from_params, render_fault, render_response
+from pingforward.pingback import _decoded_call as decoded_call
+from pingforward.pingback import _plain_call as plain_call
 
 PING = Ping("https://blog.example/post", "https://site.example/")
 
@@ -92,6 +94,77 @@ def xmlish(draw: st.DrawFn, depth: int = 0) -> str:
 @settings(suppress_health_check=[HealthCheck.too_slow])
 def test_structured_xml_gives_a_ping_or_a_fault(document: str) -> None:
     assert isinstance(outcome_of(document.encode()), (Ping, Fault))
+
+
+# Pieces of methodCalls: plain ones, and near misses that a shortcut could get wrong.
+SPACE = st.sampled_from(["", " ", "\n", "\t ", "\n  "])
+SAFE_TEXT = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="<&"), max_size=40
+)
+HOSTILE_TEXT = st.lists(
+    st.sampled_from(["a", " ", "]", ">", "&amp;", "&#65;", "]]>", "<", "é", "\x00", "\x7f"]), max_size=6
+).map("".join)
+PLAIN_DECLARATIONS = [
+    "",
+    '<?xml version="1.0"?>',
+    "<?xml version='1.0' encoding='UTF-8'?>",
+    '<?xml version="1.0" encoding="us-ascii" ?>',
+]
+OTHER_DECLARATIONS = [
+    '<?xml version="1.0" encoding="UTF-16"?>',
+    '<?xml version="1.0" standalone="yes"?>',
+    '<?xml version="1.1"?>',
+]
+
+
+@st.composite
+def call_like(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """A methodCall's bytes, and whether it was drawn from plain pieces only (which the shortcut must take)."""
+    plain = True
+
+    def text() -> str:
+        nonlocal plain
+        if draw(st.integers(0, 4)) == 0:
+            plain = False
+            return draw(HOSTILE_TEXT)
+        return draw(SAFE_TEXT)
+
+    values = []
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["untyped", "string", "spaced string", "int", "CDATA"]))
+        plain = plain and kind not in ("int", "CDATA")
+        inner = text()
+        value = {
+            "untyped": inner,
+            "string": f"<string>{inner}</string>",
+            "spaced string": f"{draw(SPACE)}<string>{inner}</string>{draw(SPACE)}",
+            "int": f"<int>{inner}</int>",
+            "CDATA": f"<string><![CDATA[{inner}]]></string>",
+        }[kind]
+        values.append(f"<param>{draw(SPACE)}<value>{value}</value>{draw(SPACE)}</param>{draw(SPACE)}")
+    declaration = draw(st.sampled_from(PLAIN_DECLARATIONS + OTHER_DECLARATIONS))
+    plain = plain and declaration in PLAIN_DECLARATIONS
+    body = (
+        f"{declaration}{draw(SPACE)}<methodCall>{draw(SPACE)}<methodName>{text()}</methodName>{draw(SPACE)}"
+        f"<params>{draw(SPACE)}{''.join(values)}</params>{draw(SPACE)}</methodCall>{draw(SPACE)}"
+    ).encode(draw(st.sampled_from(["utf-8", "latin-1"])), "replace")
+    if draw(st.integers(0, 9)) == 0:  # one stray byte anywhere, tags included
+        at = draw(st.integers(0, len(body)))
+        body = (
+            body[:at] + draw(st.sampled_from([b"\r", b"\x0c", b"\x7f", b"&", b" ", b"<", b"\xef\xbb\xbf"])) + body[at:]
+        )
+        plain = False
+    return body, plain
+
+
+@given(call_like())
+@settings(max_examples=500)
+def test_the_plain_call_shortcut_never_disagrees_with_the_decoder(drawn: tuple[bytes, bool]) -> None:
+    body, plain = drawn
+    shortcut = plain_call(body)
+    if shortcut is not None:
+        assert shortcut == decoded_call(body)
+    assert shortcut is not None or not plain, "a plain call missed the shortcut"
 
 
 @given(st.text(max_size=500), st.sampled_from(list(FaultCode)))
