@@ -5,9 +5,11 @@
 of them. A new deadline re-arms it only when it falls before that, and limits of a few fixed lengths
 (the endpoint has two) come in deadline order, so that happens a few times per limit's length, not
 per use: about 0.5 µs per use. When the timer fires it cancels what is overdue and re-arms for the
-earliest deadline left: no deadline is missed, none fires more than 1 ms early. Like `asyncio.timeout`,
-an overdue task is cancelled and `TimeoutError` raised in it; a cancellation from elsewhere
-(shutdown) still goes through as `CancelledError`.
+earliest deadline left, but not sooner than `INTERVAL` later: each firing walks every deadline, and
+when thousands of requests hang until theirs (slow receivers, slow senders), one firing per request
+would cost CPU growing with the square of their number. So a deadline fires at most `INTERVAL` late,
+and at most `SLACK` early. Like `asyncio.timeout`, an overdue task is cancelled and `TimeoutError`
+raised in it; a cancellation from elsewhere (shutdown) still goes through as `CancelledError`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Final
 
 # A deadline this close is due: timers fire on the loop's clock, which may round (uvloop: to 1 ms).
 SLACK: Final = 0.001
+# The shortest time between two walks over the deadlines (above); a fiftieth of the 5 s body limit.
+INTERVAL: Final = 0.1
 
 
 class Watchdog:
@@ -27,6 +31,7 @@ class Watchdog:
         self._overdue: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._due = math.inf  # when the timer fires
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
 
     def limit(self, seconds: float) -> _Limit:
         """`with watchdog.limit(5):` around awaits in one task, not nested; TimeoutError once overdue."""
@@ -38,14 +43,14 @@ class Watchdog:
         loop = task.get_loop()
         deadline = loop.time() + seconds
         self._deadlines[task] = deadline
-        if deadline < self._due:
+        if deadline < self._due or loop is not self._loop:  # another loop: a watchdog that outlived its own
             self._arm(loop, deadline)
         return task
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer, self._due = loop.call_at(when, self._check), when
+        self._timer, self._due, self._loop = loop.call_at(when, self._check), when, loop
 
     def _check(self) -> None:
         self._timer, self._due = None, math.inf
@@ -61,7 +66,7 @@ class Watchdog:
                 self._overdue.add(task)
                 task.cancel()
         if due < math.inf:
-            self._arm(loop, due)
+            self._arm(loop, max(due, now + INTERVAL))
 
     def _stop(self, task: asyncio.Task[object]) -> bool:
         """Forget `task`'s deadline; True if it was cancelled for being overdue."""
@@ -72,9 +77,10 @@ class Watchdog:
         return True
 
     def close(self) -> None:
+        """Stop the timer (at shutdown): deadlines still pending are no longer enforced."""
         if self._timer is not None:
             self._timer.cancel()
-        self._timer, self._due = None, math.inf
+        self._timer, self._due, self._loop = None, math.inf, None
 
 
 class _Limit:
@@ -92,7 +98,8 @@ class _Limit:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         assert self._task is not None
-        if self._watchdog._stop(self._task) and kind is asyncio.CancelledError:
-            # Ours: take it back, unless someone else cancelled the task too (asyncio.timeout does the same).
-            if self._task.uncancel() <= self._cancelling:
+        if self._watchdog._stop(self._task):
+            # Ours: take the cancellation back whatever ended the block, and turn it into TimeoutError
+            # unless someone else cancelled the task too (asyncio.timeout does both the same way).
+            if self._task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
                 raise TimeoutError from error

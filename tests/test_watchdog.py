@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from pingforward.watchdog import Watchdog
+from pingforward.watchdog import INTERVAL, SLACK, Watchdog
 
 pytestmark = pytest.mark.anyio
 
@@ -83,4 +83,71 @@ async def test_a_cancellation_from_elsewhere_goes_through(overdue_too: bool) -> 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not watchdog._deadlines and not watchdog._overdue
+    watchdog.close()
+
+
+async def test_many_hanging_tasks_are_checked_a_few_times_not_once_each() -> None:
+    # 100 requests hang until their deadlines, 2 ms apart: one walk over all of them per deadline
+    # would make the CPU grow with the square of their number. The limit is longer than INTERVAL, as
+    # the endpoint's are, so an arrival never needs the timer sooner.
+    watchdog = Watchdog()
+    checks = 0
+    check = watchdog._check
+
+    def counted() -> None:
+        nonlocal checks
+        checks += 1
+        check()
+
+    watchdog._check = counted  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+
+    async def hang() -> float:
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            with watchdog.limit(0.15):
+                await asyncio.sleep(30)
+        return loop.time() - started
+
+    began = loop.time()
+    tasks = []
+    for _ in range(100):
+        tasks.append(asyncio.create_task(hang()))
+        await asyncio.sleep(0.002)
+    waited = await asyncio.gather(*tasks)
+    assert min(waited) >= 0.15 - SLACK  # none cut off early
+    assert checks <= (loop.time() - began) / INTERVAL + 2, checks
+    watchdog.close()
+
+
+async def test_a_cancellation_turned_into_another_error_is_still_taken_back() -> None:
+    watchdog = Watchdog()
+    with pytest.raises(ValueError):
+        with watchdog.limit(0.02):
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                raise ValueError("cleanup failed") from None
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # as asyncio.timeout leaves it
+    watchdog.close()
+
+
+def test_a_watchdog_that_outlived_its_event_loop_still_keeps_deadlines() -> None:
+    watchdog = Watchdog()
+
+    async def short() -> None:
+        with watchdog.limit(0.01):  # due before the next loop's deadline, so that one would not re-arm
+            await asyncio.sleep(0)
+
+    async def overdue() -> str:
+        try:
+            with watchdog.limit(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timed out"
+        return "not cut off"
+
+    asyncio.run(short())  # leaves its timer armed on a loop that is gone
+    assert asyncio.run(overdue()) == "timed out"
     watchdog.close()
