@@ -23,7 +23,7 @@ from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pingforward.config import ConfigError, LogFormat, Settings
-from pingforward.forward import MAX_FORWARD_URL, ForwardError, HostLimiter, Outcome, forward, parse_forward
+from pingforward.forward import MAX_FORWARD_URL, ForwardError, Outcome, forward, parse_forward
 from pingforward.pingback import (
     LIST_METHODS,
     MAX_FAULT_STRING,
@@ -63,7 +63,6 @@ MAX_BODY_SECONDS = 5.0
 class State(TypedDict):
     client: httpx.AsyncClient  # for POST /send
     transport: httpx.AsyncBaseTransport  # the client's own, for forwarding pings
-    limiter: HostLimiter
 
 
 # An answer of the pingback endpoint: HTTP status, header fields (besides Content-Length), body.
@@ -105,7 +104,7 @@ class Destination:
     """
 
     url: str
-    host: str  # the forward URL's host, for the per-host limit and the log ("-": none)
+    host: str  # the forward URL's host, for the log ("-": none)
     unusable: Outcome | None = None
     refused: Outcome | None = None
 
@@ -158,7 +157,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         gc.freeze()
         try:
             async with make_client(settings, transport) as client:
-                yield {"client": client, "transport": transport, "limiter": HostLimiter(settings.max_per_host)}
+                yield {"client": client, "transport": transport}
         finally:
             gc.unfreeze()  # the process may go on (tests, an embedding server) and expect a normal gc
             endpoint.ping_log.summarize()
@@ -317,20 +316,15 @@ class PingbackEndpoint:
         return _fault(outcome.fault, outcome.text)
 
     async def forward(self, state: State, ping: Ping, where: Destination, client_ip: str) -> Outcome:
-        limiter = state["limiter"]
-        if not limiter.acquire(where.host):
-            return Outcome(f"upstream: too many pings in flight to {where.host}; retry later", FaultCode.UPSTREAM_ERROR)
-        try:
-            return await forward(
-                state["transport"],
-                ping,
-                where.url,
-                client_ip=client_ip,
-                timeout=self.settings.timeout,
-                watchdog=self.watchdog,
-            )
-        finally:
-            limiter.release(where.host)
+        # The transport shares its connections fairly between destinations (pool.Slots).
+        return await forward(
+            state["transport"],
+            ping,
+            where.url,
+            client_ip=client_ip,
+            timeout=self.settings.timeout,
+            watchdog=self.watchdog,
+        )
 
 
 class _TooLarge(Exception):

@@ -12,7 +12,9 @@ from pingforward.policy import DEFAULT_PORTS, Policy
 PREFIX: Final = "PINGFORWARD_"
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_MAX_BODY: Final = 65536
-DEFAULT_MAX_PER_HOST: Final = 20
+# Requests in flight to one destination per worker; more wait for a turn. Half of transport.LIMITS.
+DEFAULT_MAX_PER_HOST: Final = 1000
+MAX_PER_HOST_LIMIT: Final = 2000
 MIN_SEND_TOKEN: Final = 16
 T = TypeVar("T")
 
@@ -106,7 +108,13 @@ class Settings:
                 "allowed_ports", _ports, default_ports, anything, "must be a comma list of ports 1-65535, or *"
             ),
             allow_private_networks=read("allow_private_networks", _bool, False, anything, "must be true or false"),
-            max_per_host=read("max_per_host", int, DEFAULT_MAX_PER_HOST, lambda v: v >= 1, "must be an integer >= 1"),
+            max_per_host=read(
+                "max_per_host",
+                int,
+                DEFAULT_MAX_PER_HOST,
+                lambda v: 1 <= v <= MAX_PER_HOST_LIMIT,
+                f"must be an integer from 1 to {MAX_PER_HOST_LIMIT}",
+            ),
             log_format=read(
                 "log_format", lambda v: LogFormat(v.lower()), LogFormat.TEXT, anything, "must be text or json"
             ),

@@ -18,6 +18,7 @@ import httpx
 
 from pingforward.pingback import FaultCode, Ping, is_http_url
 from pingforward.policy import Refused
+from pingforward.resolver import ResolveError
 from pingforward.transport import USER_AGENT, VIA
 from pingforward.watchdog import Watchdog
 
@@ -133,26 +134,6 @@ def classify(ping: Ping, status: int, body: bytes, location: str | None = None) 
     return Outcome(f"HTTP {status} {described}".strip(), FaultCode.GENERIC, status)
 
 
-class HostLimiter:
-    """Counts pings in flight per forward host, so one flood cannot hold every connection."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._active: dict[str, int] = {}
-
-    def acquire(self, host: str) -> bool:
-        count = self._active.get(host, 0)
-        if count >= self.limit:
-            return False
-        self._active[host] = count + 1
-        return True
-
-    def release(self, host: str) -> None:
-        count = self._active.pop(host) - 1
-        if count:
-            self._active[host] = count
-
-
 def _upstream(reason: str, status: int | None = None) -> Outcome:
     return Outcome(f"upstream: {reason}", FaultCode.UPSTREAM_ERROR, status)
 
@@ -222,7 +203,9 @@ async def forward(
         return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
     except (TimeoutError, httpx.TimeoutException):
         return _upstream(f"no answer within {timeout:g} s")
-    except httpx.ConnectError:
+    except httpx.ConnectError as exc:
+        if isinstance(exc.__cause__, ResolveError):  # its words name the host and why: no internals
+            return _upstream(str(exc.__cause__))
         return _upstream("could not connect (DNS, TCP or TLS)")
     except (httpx.HTTPError, httpx.InvalidURL):
         return _upstream("broken HTTP exchange")

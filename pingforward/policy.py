@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -136,6 +136,15 @@ class Policy:
         if reason is not None:
             raise Refused(reason)
 
+    def check_addresses(self, addresses: Iterable[str]) -> None:
+        """`check_address` for each of the addresses a host name resolved to, as strings."""
+        if self.allow_private_networks:
+            return
+        for address in addresses:
+            reason = _cached_address_refusal(address)
+            if reason is not None:
+                raise Refused(f"{reason} address {address} (PINGFORWARD_ALLOW_PRIVATE_NETWORKS)")
+
     def check_address(self, ip: IPAddress) -> None:
         """Refuse an address the URL's host resolved to, unless private networks are allowed."""
         if self.allow_private_networks:
@@ -170,6 +179,13 @@ def _url_refusal(policy: Policy, url: str) -> str | None:
             return exc.reason
     return None
 
+
+def _address_refusal(address: str) -> str | None:
+    return address_refusal(ipaddress.ip_address(address.split("%")[0]))  # without an IPv6 zone
+
+
+# A worker dials the same few receivers again and again: each address is checked once.
+_cached_address_refusal: Final = functools.lru_cache(maxsize=4096)(_address_refusal)
 
 # Pings to one site all name the same forward URL, and the transport checks it again on every request.
 _cached_refusal: Final = functools.lru_cache(maxsize=1024)(_url_refusal)

@@ -19,12 +19,12 @@ import httpx
 
 Origin = tuple[str, str, int]  # scheme, host, port: TLS verified for a host is only reused for that host
 Resolve = Callable[[str, int], Awaitable[Sequence[str]]]  # (host, port) -> addresses to try, in order
+# Which destination a request's slot counts against: where its connection goes, not how the URL spells it.
+DestinationOf = Callable[[str], str]
 
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 MAX_HEAD: Final = 64 * 1024  # status line and header fields of one answer
 HIGH_WATER: Final = 256 * 1024  # unread body bytes held before the socket stops being read
-# RFC 9110 §9.2.2: a request with one of these methods may be sent again when its connection fails.
-IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class _Connection(asyncio.Protocol):
@@ -37,6 +37,7 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # set by connection_lost
         self.idle_since = 0.0
+        self.destination = ""  # whose slot the request in flight holds
         self.busy = self.paused = False
         self.reset()
 
@@ -230,12 +231,79 @@ class _Body(httpx.AsyncByteStream):
                 await self._connection.aclose()
 
 
+class _Line:
+    """The requests in flight to one destination, and those waiting for their turn."""
+
+    __slots__ = ("slots", "users")
+
+    def __init__(self, size: int) -> None:
+        self.slots = asyncio.Semaphore(size)
+        self.users = 0  # holding or waiting: the line is dropped when none are left
+
+
+class Slots:
+    """Requests in flight: at most `total`, and at most `per_destination` to one destination.
+
+    A request that finds its destination or the pool full waits in line (first come, first served)
+    instead of failing: a burst to one busy receiver is delivered in turn, while a receiver that hangs
+    holds at most its own share, and requests to every other destination go ahead of its queue.
+    """
+
+    def __init__(self, total: int, per_destination: int) -> None:
+        self._total = asyncio.Semaphore(total)
+        self._per_destination = per_destination
+        self._lines: dict[str, _Line] = {}
+
+    async def acquire(self, destination: str, timeout: float | None) -> None:
+        line = self._lines.get(destination)
+        if line is None:
+            line = self._lines[destination] = _Line(self._per_destination)
+        line.users += 1
+        acquired = False
+        try:
+            if line.slots.locked() or self._total.locked():
+                try:
+                    async with asyncio.timeout(timeout):
+                        await line.slots.acquire()
+                        try:
+                            await self._total.acquire()
+                        except asyncio.CancelledError:
+                            line.slots.release()
+                            raise
+                except TimeoutError:
+                    raise httpx.PoolTimeout(f"no free connection to {destination} within {timeout} s") from None
+            else:  # neither waits: no timer
+                await line.slots.acquire()
+                await self._total.acquire()
+            acquired = True
+        finally:
+            if not acquired:
+                self._leave(destination, line)
+
+    def release(self, destination: str) -> None:
+        self._total.release()
+        line = self._lines[destination]
+        line.slots.release()
+        self._leave(destination, line)
+
+    def _leave(self, destination: str, line: _Line) -> None:
+        line.users -= 1
+        if not line.users:
+            del self._lines[destination]
+
+
+def _same(address: str) -> str:
+    return address
+
+
 class Pool(httpx.AsyncBaseTransport):
     """httpx transport: HTTP/1.1 keep-alive connections, dialled to the addresses `resolve` returns.
 
     Args:
         resolve: (host, port) -> the addresses to try in order; it may raise to refuse the host.
         max_connections: requests in flight at once; more wait up to the pool timeout.
+        max_per_destination: requests in flight to one destination; more wait up to the pool timeout.
+        destination_of: the destination an address belongs to (by default the address itself).
         max_idle: kept-alive connections over all origins; more are closed after their answer.
         keepalive_expiry: seconds an idle connection is kept.
         ssl_context: for https; by default httpx's (certifi), made on the first https connection.
@@ -246,12 +314,15 @@ class Pool(httpx.AsyncBaseTransport):
         resolve: Resolve,
         *,
         max_connections: int = 1000,
+        max_per_destination: int | None = None,
+        destination_of: DestinationOf = _same,
         max_idle: int = 100,
         keepalive_expiry: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._resolve = resolve
-        self._slots = asyncio.Semaphore(max_connections)
+        self.slots = Slots(max_connections, max_per_destination or max_connections)
+        self._destination_of = destination_of
         self._max_idle = max_idle
         self._expiry = keepalive_expiry
         self._ssl_context = ssl_context
@@ -266,20 +337,27 @@ class Pool(httpx.AsyncBaseTransport):
         origin = (url.scheme, url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS[url.scheme])
         timeout = request.extensions.get("timeout", {})
         message = _message(request, await request.aread())
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(timeout.get("pool")):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise httpx.PoolTimeout("no free connection within the pool timeout") from None
+        # Resolved (and checked) before a slot is taken: the slot counts against where the connection
+        # goes, and a slow lookup holds no slot. A kept-alive connection goes to an address of the same
+        # name, so a cached lookup is all that reusing one costs.
+        connect = timeout.get("connect")
+        if connect is None:
+            addresses = await self._addresses(origin)
         else:
-            await self._slots.acquire()
+            try:
+                async with asyncio.timeout(connect):
+                    addresses = await self._addresses(origin)
+            except TimeoutError:
+                raise httpx.ConnectTimeout(f"no address for {origin[1]} within {connect} s") from None
+        destination = self._destination_of(addresses[0])
+        await self.slots.acquire(destination, timeout.get("pool"))
         connection = None
         try:
-            connection = await self._exchange(origin, message, timeout, request.method)
+            connection = await self._exchange(origin, addresses, message, timeout, request.method)
+            connection.destination = destination
         finally:
             if connection is None:
-                self._slots.release()
+                self.slots.release(destination)
         return httpx.Response(
             connection.status,
             headers=connection.headers,
@@ -287,8 +365,18 @@ class Pool(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
         )
 
+    async def _addresses(self, origin: Origin) -> Sequence[str]:
+        _, host, port = origin
+        try:
+            addresses = await self._resolve(host, port)
+        except OSError as exc:  # no such name, no answer in time
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        if not addresses:
+            raise httpx.ConnectError(f"no address for {host}")
+        return addresses
+
     async def _exchange(
-        self, origin: Origin, message: bytes, timeout: dict[str, float | None], method: str
+        self, origin: Origin, addresses: Sequence[str], message: bytes, timeout: dict[str, float | None], method: str
     ) -> _Connection:
         connection = self._take_idle(origin)
         if connection is not None:
@@ -296,21 +384,23 @@ class Pool(httpx.AsyncBaseTransport):
                 await connection.send(message, timeout.get("read"), method == "HEAD")
                 return connection
             except (httpx.ReadError, httpx.RemoteProtocolError):
-                # The server closed a kept-alive connection as we reused it: nothing was answered,
-                # so an idempotent request goes out once more, on a new connection.
-                if connection.received or method not in IDEMPOTENT:
+                # The server closed a kept-alive connection as we reused it (RFC 9112 §9.3.1 calls this
+                # race out). Not a byte of an answer came, so the request goes out once more, on a new
+                # connection; for a POST too: the proxy's and the sender's are notifications that a
+                # receiver must take again as the same one (Webmention §3.2.1: a repeat updates, and
+                # Pingback fault 48 answers a ping already registered).
+                if connection.received:
                     raise
-        connection = await self._connect(origin, timeout.get("connect"))
+        connection = await self._connect(origin, addresses, timeout.get("connect"))
         await connection.send(message, timeout.get("read"), method == "HEAD")
         return connection
 
-    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+    async def _connect(self, origin: Origin, addresses: Sequence[str], timeout: float | None) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         tls = self._tls() if scheme == "https" else None
         try:
             async with asyncio.timeout(timeout):
-                addresses = await self._resolve(host, port)
                 error: OSError = OSError(f"no address for {host}")
                 for address in addresses:
                     try:
@@ -344,7 +434,7 @@ class Pool(httpx.AsyncBaseTransport):
 
     def _release(self, connection: _Connection) -> bool:
         """Give the slot back and keep the connection for reuse if it can be; False if it cannot."""
-        self._slots.release()
+        self.slots.release(connection.destination)
         connection.busy = False
         reusable = connection.complete and connection.keep_alive and connection.usable
         if not reusable or self._idle_count >= self._max_idle:

@@ -10,12 +10,10 @@ are pool.py's, not httpcore's (bench/README.md has the numbers behind that).
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 
@@ -23,29 +21,30 @@ from pingforward import PROJECT_URL, __version__
 from pingforward.config import Settings
 from pingforward.policy import Policy
 from pingforward.pool import Pool
+from pingforward.resolver import Resolver
 
 USER_AGENT = f"pingforward/{__version__} (+{PROJECT_URL})"
 # RFC 9110 §7.6.3: gateways add Via. app.py refuses requests that carry it, so a forward URL
 # that reaches this proxy under another name ends in an error instead of a loop.
 VIA = "1.1 pingforward"
-# Room for a burst of 1,000 slow receivers per worker (bench/README.md, "Sizing"); idle connections
-# are dropped after 4 s, before the 5 s after which uvicorn, Apache and Node close them themselves.
-LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=4.0)
+# Requests in flight per worker: twice the default share of one destination (config.DEFAULT_MAX_PER_HOST),
+# so a burst of 1,000 pings to one slow receiver goes out at once (bench/README.md, "Sizing") while one
+# that hangs leaves the other half to everyone else. Idle connections are dropped after 4 s, before the
+# 5 s after which uvicorn, Apache and Node close them themselves.
+LIMITS = httpx.Limits(max_connections=2000, max_keepalive_connections=100, keepalive_expiry=4.0)
 
-Resolver = Callable[[str, int], Awaitable[list[str]]]
+Resolve = Callable[[str, int], Awaitable[Sequence[str]]]
 
 
-async def resolve(host: str, port: int) -> list[str]:
-    """The addresses of `host`, in the resolver's order, without duplicates; a literal needs no lookup."""
-    try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:  # socket.gaierror: no such host
-        raise httpx.ConnectError(f"cannot resolve {host}") from exc
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+def destination_of(address: str) -> str:
+    """The destination an address counts against for the per-destination limit.
+
+    An IPv6 address stands for its /64: one host or site is commonly given a whole /64 (RFC 7421),
+    so 2^64 addresses of one hanging receiver must not count as 2^64 destinations.
+    """
+    if ":" not in address:
+        return address
+    return str(ipaddress.IPv6Network((address.split("%")[0], 64), strict=False))
 
 
 class PolicyTransport(httpx.AsyncBaseTransport):
@@ -56,22 +55,29 @@ class PolicyTransport(httpx.AsyncBaseTransport):
         policy: Policy,
         limits: httpx.Limits,
         ssl_context: ssl.SSLContext | None = None,
-        resolver: Resolver = resolve,
+        resolver: Resolve | None = None,
+        max_per_destination: int | None = None,
     ) -> None:
         self._policy = policy
-        self._resolve = resolver
+        self._resolver = Resolver() if resolver is None else None
+        self._resolve = resolver or self._lookup
         self._pool = Pool(
             self._checked_addresses,
             max_connections=sys.maxsize if limits.max_connections is None else limits.max_connections,
+            max_per_destination=max_per_destination,
+            destination_of=destination_of,
             max_idle=sys.maxsize if limits.max_keepalive_connections is None else limits.max_keepalive_connections,
             keepalive_expiry=5.0 if limits.keepalive_expiry is None else limits.keepalive_expiry,
             ssl_context=ssl_context,
         )
 
-    async def _checked_addresses(self, host: str, port: int) -> list[str]:
+    async def _lookup(self, host: str, port: int) -> Sequence[str]:
+        assert self._resolver is not None
+        return await self._resolver.resolve(host)
+
+    async def _checked_addresses(self, host: str, port: int) -> Sequence[str]:
         addresses = await self._resolve(host, port)
-        for address in addresses:  # all of them: refuse a name with any non-global answer
-            self._policy.check_address(ipaddress.ip_address(address.split("%")[0]))
+        self._policy.check_addresses(addresses)  # all of them: refuse a name with any non-global answer
         return addresses
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -80,6 +86,8 @@ class PolicyTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+        if self._resolver is not None:
+            await self._resolver.aclose()
 
 
 class _NoCookies(httpx.Cookies):
@@ -107,7 +115,7 @@ class Client(httpx.AsyncClient):
 
 def make_transport(settings: Settings) -> PolicyTransport:
     """The worker's one connection pool, with the policy inside; `forward` sends pings straight to it."""
-    return PolicyTransport(settings.policy, LIMITS)
+    return PolicyTransport(settings.policy, LIMITS, max_per_destination=settings.max_per_host)
 
 
 def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:

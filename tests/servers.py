@@ -130,9 +130,9 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def receiver() -> Iterator[Receiver]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.receiver = Receiver(f"http://127.0.0.1:{server.server_address[1]}")
+def receiver(host: str = LOCALHOST, port: int = 0) -> Iterator[Receiver]:
+    server = _Server((host, port), _Handler)
+    server.receiver = Receiver(f"http://{host}:{server.server_address[1]}")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

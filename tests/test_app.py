@@ -240,26 +240,6 @@ async def test_our_own_forward_coming_back_is_a_loop(client: httpx.AsyncClient, 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("settings", [Settings(max_per_host=1)])
-async def test_per_host_cap(client: httpx.AsyncClient, respx_mock: respx.MockRouter) -> None:
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        entered.set()
-        await release.wait()
-        return httpx.Response(202)
-
-    respx_mock.post(ENDPOINT).mock(side_effect=slow)
-    first = asyncio.create_task(client.post("/" + FORWARD, content=ping_body()))
-    await asyncio.wait_for(entered.wait(), 5)
-    code, message = fault(await client.post("/" + FORWARD, content=ping_body()))
-    assert code == FaultCode.UPSTREAM_ERROR and "retry later" in message
-    release.set()
-    assert isinstance(read(await first), str)
-    assert isinstance(read(await client.post("/" + FORWARD, content=ping_body())), str)  # the slot came back
-
-
-@pytest.mark.anyio
 async def test_internal_error_is_a_fault_without_details(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

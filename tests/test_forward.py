@@ -14,7 +14,6 @@ from pingforward.forward import (
     MAX_ANSWER,
     MISSING_FORWARD,
     ForwardError,
-    HostLimiter,
     Outcome,
     classify,
     forward,
@@ -151,15 +150,6 @@ def test_classify(status: int, body: bytes, location: str | None, expected: Outc
     assert outcome == expected
     if outcome.fault is None:
         assert "fault" not in outcome.text.lower()  # node's pingback client reads that as failure
-
-
-def test_host_limiter() -> None:
-    limiter = HostLimiter(2)
-    assert limiter.acquire("a.example") and limiter.acquire("a.example")
-    assert not limiter.acquire("a.example")
-    assert limiter.acquire("b.example")
-    limiter.release("a.example")
-    assert limiter.acquire("a.example")
 
 
 # --- forward() against respx-mocked receivers -------------------------------------------------

@@ -7,7 +7,7 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
@@ -37,6 +37,7 @@ class Server:
 
     answers: list[bytes]
     close_after: set[int] = field(default_factory=set)  # request numbers after which the server closes
+    drop: set[int] = field(default_factory=set)  # request numbers read and then closed on, unanswered
     connections: int = 0
     closed: int = 0  # connections the client closed or the server ended
     requests: list[bytes] = field(default_factory=list)
@@ -53,6 +54,8 @@ class Server:
                         length = int(line.split(b":")[1])
                 self.requests.append(head + await reader.readexactly(length))
                 number = len(self.requests) - 1
+                if number in self.drop:
+                    break
                 answer = self.answers[number] if number < len(self.answers) else OK
                 if answer == HANG:
                     await asyncio.sleep(10)  # bounded; the tests' timeouts are far shorter
@@ -392,3 +395,117 @@ async def test_client_checks_every_url_before_connecting() -> None:
         with pytest.raises(Refused, match="port"):
             await post(http, server)  # a random port is outside the default allowed ports
         assert server.connections == 0
+
+
+async def test_a_post_on_a_reused_connection_closed_unanswered_goes_out_again() -> None:
+    # The receiver closes a kept-alive connection as the ping arrives on it, before a byte of answer
+    # (a server closing idle connections at the moment of reuse): it goes out again, on a new connection.
+    async with serving(Server([OK], drop={1})) as server, client(Pool(loopback)) as http:
+        assert (await post(http, server)).content == b"ok"
+        assert (await post(http, server)).content == b"ok"
+        assert (server.connections, len(server.requests)) == (2, 3)
+
+
+async def test_a_post_is_not_sent_again_once_an_answer_began() -> None:
+    cut = b"HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\n\r\nok"  # then the server closes
+    async with serving(Server([OK, cut], close_after={1})) as server, client(Pool(loopback)) as http:
+        await post(http, server)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await (
+                await http.send(http.build_request("POST", f"http://127.0.0.1:{server.port}/wm"), stream=True)
+            ).aread()
+        assert len(server.requests) == 2
+
+
+@dataclass
+class Gate:
+    """A receiver that holds every request until `opened`, and records how many it held at once."""
+
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    held: int = 0
+    most: int = 0
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]) if b"length:" in head else 0
+                await reader.readexactly(length)
+                self.held += 1
+                self.most = max(self.most, self.held)
+                await asyncio.wait_for(self.opened.wait(), 10)  # bounded; the tests open it far sooner
+                self.held -= 1
+                writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def gated(host: str = "127.0.0.1") -> AsyncIterator[Gate]:
+    gate = Gate()
+    listener = await asyncio.start_server(gate.handle, host, 0)
+    gate.port = listener.sockets[0].getsockname()[1]
+    async with listener:
+        yield gate
+        gate.opened.set()
+        listener.close()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):  # bounded: 5 s
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met within 5 s")
+
+
+async def test_a_busy_destination_waits_its_turn_instead_of_failing() -> None:
+    async with gated() as gate, client(Pool(loopback, max_per_destination=2)) as http:
+        url = f"http://127.0.0.1:{gate.port}/wm"
+        pings = [asyncio.ensure_future(http.post(url, content=b"x", timeout=10)) for _ in range(10)]
+        await until(lambda: gate.held == 2)
+        await asyncio.sleep(0.05)  # time for a third to get through, were the limit not kept
+        assert gate.held == 2 and not any(ping.done() for ping in pings)
+        gate.opened.set()
+        assert [(await ping).status_code for ping in pings] == [202] * 10
+        assert gate.most == 2
+
+
+async def test_the_limit_counts_where_a_connection_goes_not_how_it_is_spelled() -> None:
+    names = {"a.test": "127.0.0.1", "b.test": "127.0.0.1", "c.test": "127.0.0.2"}
+
+    async def table(host: str, port: int) -> list[str]:
+        return [names[host]]
+
+    async with gated() as hanging, gated("127.0.0.2") as other, client(Pool(table, max_per_destination=1)) as http:
+        first = asyncio.ensure_future(http.post(f"http://a.test:{hanging.port}/", content=b"x", timeout=10))
+        await until(lambda: hanging.held == 1)
+        # Another name for the same address waits behind it, up to the pool timeout...
+        with pytest.raises(httpx.PoolTimeout):
+            await http.post(f"http://b.test:{hanging.port}/", content=b"x", timeout=httpx.Timeout(10, pool=0.1))
+        # ...while another address goes ahead at once.
+        other.opened.set()
+        assert (await http.post(f"http://c.test:{other.port}/", content=b"x", timeout=10)).status_code == 202
+        hanging.opened.set()
+        assert (await first).status_code == 202
+        # The slots came back: the timed-out waiter left no trace in its line.
+        assert (await http.post(f"http://b.test:{hanging.port}/", content=b"x", timeout=10)).status_code == 202
+
+
+async def test_a_cancelled_waiter_gives_its_place_back() -> None:
+    async with gated() as gate, client(Pool(loopback, max_per_destination=1)) as http:
+        url = f"http://127.0.0.1:{gate.port}/"
+        holder = asyncio.ensure_future(http.post(url, content=b"x", timeout=10))
+        await until(lambda: gate.held == 1)
+        waiter = asyncio.ensure_future(http.post(url, content=b"x", timeout=10))
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        gate.opened.set()
+        assert (await holder).status_code == 202
+        assert (await http.post(url, content=b"x", timeout=10)).status_code == 202

@@ -1,0 +1,160 @@
+"""The proxy on its defaults (the Procfile's command, no setting changed unless a test is about it) against
+receivers on public-looking addresses and names served by a DNS server the test runs (issue 11).
+
+Runs only inside the private network namespace that tests/test_netns.py makes; see conftest.py here.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from pingforward.resolver import LOOKUP_TIMEOUT
+from tests.dns import Name, Zone
+from tests.netns.conftest import HANGING, RECEIVER, RawServer, answer, ping, raw_server, read_request
+from tests.servers import Receiver, proxy, receiver
+
+ACCEPTED = "Webmention accepted"  # what tests/servers.py's receiver answers on /ok
+
+
+@pytest.fixture(scope="module")
+def wm(zone: Zone) -> Iterator[Receiver]:
+    with receiver(RECEIVER, 80) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base(zone: Zone) -> Iterator[str]:
+    """The proxy with every setting at its default."""
+    with proxy({}) as url:
+        yield url
+
+
+def until(condition: Callable[[], bool], seconds: float = 20) -> None:
+    for _ in range(int(seconds * 20)):  # bounded
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {seconds} s")
+
+
+def fault(result: str | tuple[int, str]) -> tuple[int, str]:
+    assert isinstance(result, tuple), f"delivered, not a fault: {result}"
+    return result
+
+
+def held_then_ok(conn: socket.socket, server: RawServer) -> None:
+    while request := read_request(conn):
+        del request
+        server.hold()
+        conn.sendall(answer("202 Accepted"))
+
+
+def test_names_from_dns_and_from_etc_hosts_are_forwarded(base: str, wm: Receiver, zone: Zone) -> None:
+    zone.names["receiver.test"] = Name([[RECEIVER]])
+    assert ping(base, "http://receiver.test/ok") == ACCEPTED
+    assert wm.received[-1].headers["host"] == "receiver.test"
+    assert ping(base, "http://hosts-file.test/ok") == ACCEPTED
+    assert wm.received[-1].headers["host"] == "hosts-file.test"
+    assert zone.lookups("hosts-file.test") == 0  # /etc/hosts answered it
+
+
+def test_silent_names_cost_only_their_own_pings(base: str, wm: Receiver, zone: Zone) -> None:
+    # An attacker's names whose DNS server never answers, then honest pings to hosts not yet looked up:
+    # with lookups in a small thread pool, the silent ones held every thread and the honest ones failed.
+    silent = [f"silent-{n}.test" for n in range(12)]
+    honest = [f"honest-{n}.test" for n in range(20)]
+    zone.names.update({name: Name(silent=True) for name in silent})
+    zone.names.update({name: Name([[RECEIVER]]) for name in honest})
+    with ThreadPoolExecutor(len(silent) + len(honest)) as pool:
+        attacks = [pool.submit(ping, base, f"http://{name}/ok") for name in silent]
+        until(lambda: all(zone.lookups(name) for name in silent))
+        assert list(pool.map(lambda name: ping(base, f"http://{name}/ok"), honest)) == [ACCEPTED] * len(honest)
+        for attack in attacks:
+            code, text = fault(attack.result())
+            assert code == 50 and "silent-" in text and "DNS" in text
+
+
+def test_a_slow_name_is_waited_for_and_one_slower_than_the_bound_fails(base: str, wm: Receiver, zone: Zone) -> None:
+    zone.names["slow.test"] = Name([[RECEIVER]], delay=1.0)
+    zone.names["slower.test"] = Name([[RECEIVER]], delay=LOOKUP_TIMEOUT + 2)
+    assert ping(base, "http://slow.test/ok") == ACCEPTED
+    code, text = fault(ping(base, "http://slower.test/ok"))
+    assert code == 50 and "slower.test" in text
+
+
+def test_names_with_a_non_public_answer_are_refused_and_never_dialled(base: str, wm: Receiver, zone: Zone) -> None:
+    def trap(conn: socket.socket, server: RawServer) -> None:
+        with server.lock:
+            server.requests += 1
+
+    zone.names["loopback.test"] = Name([["127.0.0.1"]])
+    zone.names["mixed.test"] = Name([[RECEIVER, "127.0.0.1"]])
+    # DNS rebinding: public when checked, loopback when asked again. No second lookup is ever made
+    # for a connection, so each ping goes to the checked address or is refused.
+    zone.names["rebind.test"] = Name([[RECEIVER], ["127.0.0.1"]], ttl=0)
+    with raw_server("127.0.0.1", 80, trap) as loopback:
+        for name in ("loopback.test", "mixed.test"):
+            code, text = fault(ping(base, f"http://{name}/ok"))
+            assert code == 49 and "loopback address 127.0.0.1" in text
+        for _ in range(5):
+            result = ping(base, "http://rebind.test/ok")
+            assert result == ACCEPTED or result[0] == 49
+        assert loopback.requests == 0
+
+
+def test_the_limit_per_destination_counts_addresses_not_spellings(wm: Receiver, zone: Zone) -> None:
+    zone.names["hang.test"] = Name([[HANGING]])
+    spellings = [
+        HANGING,
+        "0xb.22.33.45",
+        "185999661",
+        "11.22.8493",
+        "0xb.0x16.0x21.0x2d",
+        "[::ffff:11.22.33.45]",
+        "[::ffff:b16:212d]",
+        "hang.test",
+        "HANG.TEST.",
+        "hang-hosts.test",
+    ]
+    # A small limit, so that the test needs a few pings rather than a thousand: the case is about its key.
+    with raw_server(HANGING, 80, held_then_ok) as hanging, proxy({"PINGFORWARD_MAX_PER_HOST": "4"}) as url:
+        with ThreadPoolExecutor(2 * len(spellings)) as pool:
+            held = [pool.submit(ping, url, f"http://{spelling}/wm") for spelling in spellings * 2]
+            until(lambda: hanging.held == 4)
+            # Another receiver is served at once, while 18 pings wait for the hanging one.
+            assert ping(url, wm.url + "/ok") == ACCEPTED
+            time.sleep(0.2)  # a fifth connection, were the limit keyed by spelling, would have arrived by now
+            assert (hanging.held, hanging.most) == (4, 4)
+            hanging.release.set()
+            assert [future.result() for future in held] == ["ok"] * len(held)  # waited their turn: none refused
+
+
+def test_a_burst_to_one_slow_receiver_is_all_delivered_on_the_defaults(base: str) -> None:
+    def slow(conn: socket.socket, server: RawServer) -> None:
+        while read_request(conn):
+            with server.lock:
+                server.requests += 1
+            time.sleep(1)
+            conn.sendall(answer("202 Accepted"))
+
+    pings = 200
+    with raw_server(RECEIVER, 8080, slow) as receiver_, ThreadPoolExecutor(pings) as pool:
+        results = list(pool.map(lambda _: ping(base, f"http://{RECEIVER}:8080/wm"), range(pings)))
+    assert results == ["ok"] * pings
+    assert receiver_.requests == pings
+
+
+def test_a_kept_alive_connection_closed_at_reuse_does_not_lose_the_ping(base: str) -> None:
+    def once_per_connection(conn: socket.socket, server: RawServer) -> None:
+        # Answers one request and keeps the connection open, then closes it as the next one arrives.
+        if read_request(conn):
+            conn.sendall(answer("202 Accepted"))
+            read_request(conn)
+
+    with raw_server(RECEIVER, 8443, once_per_connection):
+        assert [ping(base, f"http://{RECEIVER}:8443/wm") for _ in range(6)] == ["ok"] * 6
