@@ -59,7 +59,8 @@ HFEED = b"""<!doctype html><html><body><main class="h-feed">
 <time class="dt-published" datetime="2026-01-03 12:00:00+00:00">3 Jan</time>
 <div class="p-author h-card"><a class="u-url" href="https://me.example/">me</a></div>
 <div class="e-content"><a href="https://other.example/">a link</a></div></article>
-<div class="h-entry"><a href="/h2">implied: the only child a</a><data class="dt-updated" value="2026-01-02"></data></div>
+<div class="h-entry"><a href="/h2">implied: the only child a</a>
+<data class="dt-updated" value="2026-01-02"></data></div>
 <a class="h-entry" href="/h3">the entry is the link</a>
 <div class="h-entry"><p class="p-name">no url at all</p></div>
 <div class="h-cite"><a class="u-url" href="/not-an-entry">cite</a></div>
