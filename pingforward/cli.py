@@ -158,7 +158,8 @@ class _Progress:
 
     def step(self, result: Result) -> None:
         self.done += 1
-        self.show(f"{self.prefix}[{self.done}/{self.total}] {result.status} {_printable(result.target)}")
+        count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
+        self.show(f"{self.prefix}[{count}] {result.status} {_printable(result.target)}")
 
     def clear(self) -> None:
         self.show("")
@@ -211,11 +212,13 @@ FEED_DEADLINE = 600.0
 async def _send_feed(args: argparse.Namespace, settings: Settings) -> int:
     progress = _Progress(sys.stderr)
     limits = replace(DEFAULT_LIMITS, max_requests=args.max_requests, deadline=FEED_DEADLINE)
+    done: list[Report] = []
     picked = 0
 
     def on_feed(feed: Feed, count: int) -> None:
         nonlocal picked
         picked = count
+        progress.prefix = f"entry 1/{picked} "
         progress.show(f"{feed.format} feed {_printable(feed.url)}: {count} of {len(feed.entries)} entries")
 
     def on_report(report: Report) -> None:
@@ -226,15 +229,10 @@ async def _send_feed(args: argparse.Namespace, settings: Settings) -> int:
                 print(json.dumps(line), flush=True)
         else:
             _entry_table(report, sys.stdout)
-        progress.prefix = f"entry {len(done) + 2}/{picked} "
-        progress.done = 0
         done.append(report)
+        progress.prefix = f"entry {len(done) + 1}/{picked} "
+        progress.done = 0
 
-    def on_result(result: Result) -> None:
-        progress.step(result)
-
-    done: list[Report] = []
-    progress.prefix = "entry 1 "
     progress.show(f"fetching {_printable(args.feed)}")
     async with make_client(settings) as client:
         try:
@@ -247,7 +245,7 @@ async def _send_feed(args: argparse.Namespace, settings: Settings) -> int:
                 dry_run=args.dry_run,
                 limits=limits,
                 on_feed=on_feed,
-                on_result=on_result,
+                on_result=progress.step,
                 on_report=on_report,
             )
         except SendError as exc:

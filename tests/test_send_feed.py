@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import json
+import sys
 import threading
 import xmlrpc.client
 from collections.abc import AsyncIterator, Iterator
@@ -420,3 +422,22 @@ async def test_post_send_serves_a_bounded_number_at_once(blog: Site, app_client:
     # Once they are done, calls are served again.
     again = await app_client.post("/send", data={"source": blog.url("/posts/1")}, headers=AUTH)
     assert again.status_code == 200
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_names_the_entry(
+    blog: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["send", "--feed", blog.url("/feed.xml"), "--limit", "2"], environ=servers.LOCAL_ENV) == 0
+    shown = terminal.getvalue()
+    assert "rss feed " + blog.url("/feed.xml") + ": 2 of 3 entries" in shown
+    assert "entry 1/2 [2] sent " in shown
+    assert "entry 2/2 [1] " in shown
+    assert shown.endswith("\r\x1b[K")  # cleared at the end
+    assert "\x1b" not in capsys.readouterr().out
