@@ -292,7 +292,9 @@ def _field(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
 def _retry_after(headers: tuple[tuple[str, str], ...]) -> str | None:
     """The Retry-After field as given: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
     value = _field(headers, "retry-after")
-    return " ".join(value.split())[:100] or None if value is not None else None
+    if value is None:
+        return None
+    return " ".join(value.split())[:100] or None
 
 
 def _retry_text(headers: tuple[tuple[str, str], ...]) -> str:
@@ -318,7 +320,7 @@ def _summary(body: bytes) -> str:
         text = ": ".join(parts)
     else:
         text = body.decode("utf-8", "replace")
-        if text.lstrip().startswith(("<", "{", "[")):  # an HTML or XML page says little in 200 characters
+        if text.lstrip().startswith("<"):  # an HTML or XML page says little in 200 characters
             text = ""
     text = " ".join(text.split())
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
