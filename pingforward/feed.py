@@ -205,16 +205,20 @@ def parse_json_feed(url: str, body: bytes) -> Feed:
 
 
 def feed_links(url: str, text: str) -> tuple[str, ...]:
-    """The feeds a page names with `<link rel="alternate" type=FEED_TYPE href>`, absolute, in document order."""
-    found: dict[str, None] = {}
+    """The feeds a page names with `<link rel="alternate" type=FEED_TYPE href>`, absolute, in document order.
+
+    Plain application/json comes last: JSON Feed 1.1 names application/feed+json, and WordPress
+    pages link their REST API record as an application/json alternate.
+    """
+    found: dict[str, bool] = {}
     for is_start, name, attributes in _html_tokens(text):
         if not (is_start and name == "link" and "href" in attributes):
             continue
         kind = attributes.get("type", "").split(";", 1)[0].strip().lower()
         if "alternate" in _tokens(attributes.get("rel", "")) and kind in FEED_TYPES:
             if is_http_url(link := urljoin(url, attributes["href"].strip())):
-                found.setdefault(link)
-    return tuple(found)
+                found.setdefault(link, kind == "application/json")
+    return tuple(sorted(found, key=found.__getitem__))  # stable: document order within each group
 
 
 def rel_feed(url: str, text: str) -> str | None:

@@ -160,6 +160,12 @@ DISCOVERY = [
         id="json-feed",
     ),
     pytest.param(
+        b'<link rel="alternate" type="application/json" href="/wp-json/wp/v2/posts/7">'
+        b'<link rel="alternate" type="application/rss+xml" href="/feed/">',
+        "https://blog.example/feed/",
+        id="plain-json-last",
+    ),
+    pytest.param(
         b'<link rel="alternate" hreflang="fr" href="/fr/"><link rel="feed" href="/posts">',
         "https://blog.example/posts",
         id="rel-feed-names-the-h-feed-page",
