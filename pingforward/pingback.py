@@ -256,8 +256,19 @@ def render_call(ping: Ping) -> bytes:
     return xmlrpc.client.dumps((ping.source, ping.target), PINGBACK_PING).encode()
 
 
-def parse_response(body: bytes) -> str:
-    """Decode a pingback.ping answer: the success string, or raise the server's `Fault`."""
+@dataclass(frozen=True, slots=True)
+class RemoteFault:
+    """A fault as a pingback server sent it: its code (an int, else the value's text) and faultString."""
+
+    code: int | str
+    string: str
+
+
+def parse_answer(body: bytes) -> str | RemoteFault:
+    """Decode a pingback.ping answer: the success string, or the server's fault exactly as sent.
+
+    Raise `Fault` only when the body is not a methodResponse.
+    """
     unmarshaller = _Unmarshaller()
     parser = _Parser(unmarshaller)
     try:
@@ -266,8 +277,7 @@ def parse_response(body: bytes) -> str:
         values = unmarshaller.close()
     except xmlrpc.client.Fault as fault:
         code = fault.faultCode
-        known = code in FaultCode._value2member_map_ if isinstance(code, int) else False
-        raise Fault(FaultCode(code) if known else FaultCode.GENERIC, str(fault.faultString)) from None
+        return RemoteFault(code if isinstance(code, int) else str(code), str(fault.faultString))
     except (xml.parsers.expat.ExpatError, DefusedXmlException) as exc:
         raise Fault(FaultCode.PARSE_ERROR) from exc
     except LookupError as exc:
@@ -277,3 +287,12 @@ def parse_response(body: bytes) -> str:
     if unmarshaller.root != "methodResponse" or not values:
         raise Fault(FaultCode.INVALID_XMLRPC, "not a methodResponse")
     return str(values[0])
+
+
+def parse_response(body: bytes) -> str:
+    """Decode a pingback.ping answer: the success string, or raise the server's `Fault`."""
+    answer = parse_answer(body)
+    if isinstance(answer, RemoteFault):
+        code = answer.code if isinstance(answer.code, int) and answer.code in FaultCode._value2member_map_ else 0
+        raise Fault(FaultCode(code), answer.string)
+    return answer

@@ -1,8 +1,9 @@
 """Notify every page a post links to: a Webmention where the page has an endpoint, else a pingback.
 
-The I/O around webmention.py: fetch the source once and each target once, discover, then POST.
-`classify_webmention` and `classify_pingback` are pure; outcomes use Bridgy's buckets.
-Specs: https://www.w3.org/TR/webmention/#sending-webmentions (§3.1)
+The I/O around webmention.py and feed.py: fetch the source once and each target once, discover,
+then POST; for a feed, do that for each of its entries. `classify_webmention` and
+`classify_pingback` are pure; outcomes use Bridgy's buckets. Every request of one call is counted
+against its `Budget`. Specs: https://www.w3.org/TR/webmention/#sending-webmentions (§3.1)
 and https://www.hixie.ch/specs/pingback/pingback (§3).
 """
 
@@ -14,19 +15,26 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Final
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
-from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
+from pingforward.feed import ACCEPT as FEED_ACCEPT
+from pingforward.feed import Feed, FeedError, FeedFormat, pick, read_feed
+from pingforward.pingback import Fault, FaultCode, Ping, RemoteFault, is_http_url, parse_answer, render_call
 from pingforward.policy import Refused
 from pingforward.webmention import Endpoint, Protocol, discover, extract_links, is_html, media_type
 
 logger = logging.getLogger(__name__)
 
 REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+# RFC 9110 §15.4.8 and §15.4.9: on 307 and 308 the method and body "MUST NOT" change, so the
+# Webmention is POSTed again to the new URL, as the proxy does (forward.py). A 301 or 302 may
+# have been meant for a GET (§15.4.2), which would lose the Webmention (snarfed/bridgy#753).
+REPOST: Final = frozenset({307, 308})
 MAX_DETAIL: Final = 200
 FETCH_HEADERS: Final = {
     "Accept": "text/html, application/xhtml+xml;q=0.9, */*;q=0.1",
@@ -55,8 +63,9 @@ class Limits:
     max_answer: int = 64 * 1024  # read of an endpoint's answer
     max_redirects: int = 10  # what the webmention.rocks receiver allows
     max_targets: int = 100  # links beyond this are skipped
+    max_requests: int = 1000  # outbound requests of the whole call: fetches, redirects, notifications
     target_timeout: float = 30.0  # fetch, discovery and notification of one target
-    deadline: float = 120.0  # the whole send
+    deadline: float = 120.0  # the whole call
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -73,6 +82,9 @@ class Result:
     endpoint: str | None = None
     http_status: int | None = None  # the endpoint's answer, or the target's when that decided
     location: str | None = None  # a 201's Location (Webmention §3.2)
+    retry_after: str | None = None  # the Retry-After field of that answer, as given (RFC 9110 §10.2.3)
+    fault_code: int | str | None = None  # a pingback server's fault, exactly as it sent it
+    fault_string: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +96,38 @@ class Source:
     targets: tuple[str, ...]
 
 
+PROBLEMS: Final = frozenset({Status.FAILED, Status.ERROR})
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
+    """One post and what happened to each of its targets; `status` and `detail` say why a post could not be read."""
+
     source: str
     results: tuple[Result, ...]
+    status: Status | None = None
+    detail: str | None = None
+    published: datetime | None = None  # as its feed said
 
     @property
     def ok(self) -> bool:
         """True when nothing failed or errored."""
-        return all(result.status not in (Status.FAILED, Status.ERROR) for result in self.results)
+        return self.status not in PROBLEMS and all(result.status not in PROBLEMS for result in self.results)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedReport:
+    """A feed, the entries picked from it (newest first) and a report on each."""
+
+    feed: str  # as given
+    url: str  # where the feed was read, after discovery and redirects
+    format: FeedFormat
+    listed: int  # entries in the feed
+    entries: tuple[Report, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(entry.ok for entry in self.entries)
 
 
 class SendError(Exception):
@@ -112,16 +147,25 @@ class _Answer:
     body: bytes
 
 
-class _HostSlots:
-    """At most `limit` requests in flight to each host name."""
+class Budget:
+    """What one call (a send or a feed) may still use: requests in all, time, and slots per host name."""
 
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
+    def __init__(self, limits: Limits) -> None:
+        self.limit = self.left = limits.max_requests
+        self.deadline = asyncio.get_running_loop().time() + limits.deadline
+        self._per_host = limits.per_host
         self._slots: dict[str, asyncio.Semaphore] = {}
 
-    def __call__(self, url: str) -> asyncio.Semaphore:
+    def slot(self, url: str) -> asyncio.Semaphore:
+        """At most `per_host` requests in flight to each host name."""
         host = (urlsplit(url).hostname or "").rstrip(".")
-        return self._slots.setdefault(host, asyncio.Semaphore(self._limit))
+        return self._slots.setdefault(host, asyncio.Semaphore(self._per_host))
+
+    def spend(self) -> None:
+        """Count one request, or raise `SendError` (an error: it may be retried) when none is left."""
+        if self.left <= 0:
+            raise SendError(Status.ERROR, f"not tried: this call's {self.limit} outbound requests are spent")
+        self.left -= 1
 
 
 def _transient(status: int) -> bool:
@@ -151,7 +195,7 @@ async def read_capped(response: httpx.Response, limit: int) -> bytes:
 
 async def _exchange(
     client: httpx.AsyncClient,
-    hosts: _HostSlots,
+    budget: Budget,
     method: str,
     url: str,
     *,
@@ -162,12 +206,13 @@ async def _exchange(
 ) -> _Answer:
     """One request and a bounded read of its answer; transport problems become `SendError`."""
     host = urlsplit(url).hostname or url
+    budget.spend()
     try:
         request = client.build_request(method, url, content=content, headers=headers)
         # The sender starts requests and forwards none: Via is for intermediaries (RFC 9110
         # §7.6.3), and a pingforward proxy answers a request that carries ours with 508.
         request.headers.pop("via", None)
-        async with hosts(url):
+        async with budget.slot(url):
             response = await client.send(request, stream=True)
             try:
                 body = await read_capped(response, limit)
@@ -186,12 +231,17 @@ async def _exchange(
         raise SendError(Status.ERROR, f"{host}: {type(exc).__name__}: {exc}") from None
 
 
-async def _fetch(client: httpx.AsyncClient, hosts: _HostSlots, url: str, limits: Limits, unusable: Status) -> _Answer:
-    """GET a page, following redirects ourselves so each hop waits for its host's slot."""
+async def _fetch(
+    client: httpx.AsyncClient,
+    budget: Budget,
+    url: str,
+    limits: Limits,
+    unusable: Status,
+    headers: dict[str, str] = FETCH_HEADERS,
+) -> _Answer:
+    """GET a page, following redirects ourselves so each hop waits for its host's slot and counts."""
     for _ in range(limits.max_redirects + 1):
-        answer = await _exchange(
-            client, hosts, "GET", url, limit=limits.max_bytes, unusable=unusable, headers=FETCH_HEADERS
-        )
+        answer = await _exchange(client, budget, "GET", url, limit=limits.max_bytes, unusable=unusable, headers=headers)
         location = dict((name.lower(), value) for name, value in answer.headers).get("location")
         if answer.status not in REDIRECTS or location is None:
             return answer
@@ -202,19 +252,26 @@ async def _fetch(client: httpx.AsyncClient, hosts: _HostSlots, url: str, limits:
 
 
 async def fetch_source(
-    client: httpx.AsyncClient, url: str, *, all_links: bool = False, limits: Limits = DEFAULT_LIMITS
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    all_links: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+    budget: Budget | None = None,
 ) -> Source:
     """Fetch the post once and list the targets it links to; raise `SendError` if it cannot be used."""
     if not is_http_url(url):
         raise SendError(Status.FAILED, f"the source {url!r} is not an absolute http(s) URL")
+    budget = budget or Budget(limits)
     try:
         async with asyncio.timeout(limits.target_timeout):
-            page = await _fetch(client, _HostSlots(1), url, limits, Status.FAILED)
+            page = await _fetch(client, budget, url, limits, Status.FAILED)
     except TimeoutError:
         raise SendError(Status.ERROR, f"the source gave no page within {limits.target_timeout:g} s") from None
     if not 200 <= page.status < 300:
         raise SendError(
-            Status.ERROR if _transient(page.status) else Status.FAILED, f"the source answered {page.status}"
+            Status.ERROR if _transient(page.status) else Status.FAILED,
+            f"the source answered {page.status}{_retry_text(page.headers)}",
         )
     if not is_html(page.headers):
         raise SendError(Status.FAILED, f"the source is {media_type(page.headers)}, not HTML")
@@ -228,13 +285,37 @@ async def fetch_source(
     return Source(url, page.url, targets)
 
 
-def _summary(body: bytes) -> str:
-    """A short, printable account of an endpoint's answer: its JSON error or message, or its text."""
+def _field(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    return next((value for key, value in headers if key.lower() == name), None)
+
+
+def _retry_after(headers: tuple[tuple[str, str], ...]) -> str | None:
+    """The Retry-After field as given: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    value = _field(headers, "retry-after")
+    if value is None:
+        return None
+    return " ".join(value.split())[:100] or None
+
+
+def _retry_text(headers: tuple[tuple[str, str], ...]) -> str:
+    value = _retry_after(headers)
+    if value is None:
+        return ""
+    return f"; retry after {value} s" if value.isdigit() else f"; retry after {value}"
+
+
+def _json_object(body: bytes) -> dict[str, object]:
     try:
         data = json.loads(body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
+    except (ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _summary(body: bytes) -> str:
+    """A short, printable account of an endpoint's answer: its JSON error or message, or its text."""
+    data = _json_object(body)
+    if data:
         parts = [str(data[key]) for key in ("error", "error_description", "message", "summary") if data.get(key)]
         text = ": ".join(parts)
     else:
@@ -245,81 +326,133 @@ def _summary(body: bytes) -> str:
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
 
 
-def classify_webmention(status: int, location: str | None, body: bytes) -> tuple[Status, str]:
-    """The bucket and a description of an endpoint's answer to a Webmention POST."""
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """An endpoint's answer, judged: the bucket, a description, and a pingback server's fault as sent."""
+
+    status: Status
+    detail: str
+    fault: RemoteFault | None = None
+
+
+def _retry(classified: Classified, retry_after: str | None) -> Classified:
+    if classified.status != Status.ERROR or not retry_after:
+        return classified
+    when = f"{retry_after} s" if retry_after.isdigit() else retry_after
+    return Classified(classified.status, f"{classified.detail}; retry after {when}", classified.fault)
+
+
+def classify_webmention(status: int, location: str | None, body: bytes, retry_after: str | None = None) -> Classified:
+    """The bucket and a description of an endpoint's answer to a Webmention POST (not a 307/308 to follow)."""
     summary = _summary(body)
     said = f": {summary}" if summary else ""
     if 200 <= status < 300:
         # §3.1.3: "Any 2xx response code MUST be considered a success." §3.2: a 201 carries the
         # Location of a status page; a 202 means the Webmention is queued.
         if status == 201 and location:
-            return Status.SENT, f"created, status at {location}"
-        return Status.SENT, ("accepted for processing" if status == 202 else "accepted") + said
+            return Classified(Status.SENT, f"created, status at {location}")
+        return Classified(Status.SENT, ("accepted for processing" if status == 202 else "accepted") + said)
     if 300 <= status < 400:
-        # Following would turn the POST into a GET that looks like success (snarfed/bridgy#753).
         where = f" to {location}" if location else ""
-        return Status.FAILED, f"the endpoint redirected{where} ({status}); a Webmention is not re-sent"
+        if status in REPOST:  # only here without a usable Location
+            return Classified(Status.FAILED, f"the endpoint redirected ({status}) without a usable Location")
+        # Following would turn the POST into a GET that looks like success (snarfed/bridgy#753).
+        return Classified(Status.FAILED, f"the endpoint redirected{where} ({status}); a Webmention is not re-sent")
+    if _json_object(body).get("error") == "already_registered":
+        # webmention.io's answer to a repeated Webmention: the receiver has it, which is what a
+        # sender wants, as Pingback's fault 48 (see classify_pingback).
+        return Classified(Status.SENT, f"already registered ({status}){said}")
     if _transient(status):
-        return Status.ERROR, f"the endpoint answered {status}{said}"
-    return Status.FAILED, f"the endpoint refused it ({status}){said}"
+        return _retry(Classified(Status.ERROR, f"the endpoint answered {status}{said}"), retry_after)
+    return Classified(Status.FAILED, f"the endpoint refused it ({status}){said}")
 
 
-# Pingback 1.0 §3 fault codes that mean "try again later" rather than "never".
-TRANSIENT_FAULTS: Final = frozenset({FaultCode.UPSTREAM_ERROR, FaultCode.INTERNAL_ERROR})
+# Fault codes that mean "try again later" rather than "never": Pingback 1.0 §3's 0x0032 (an
+# upstream server failed), XML-RPC's internal error, and the 429 that WordPress answers to a second
+# pingback within 15 s ("You are posting comments too quickly", wp-includes/comment.php).
+TRANSIENT_FAULTS: Final[frozenset[int | str]] = frozenset({FaultCode.UPSTREAM_ERROR, FaultCode.INTERNAL_ERROR, 429})
 
 
-def classify_pingback(status: int, body: bytes) -> tuple[Status, str]:
-    """The bucket and a description of a pingback server's answer to pingback.ping."""
+def classify_pingback(status: int, body: bytes, retry_after: str | None = None) -> Classified:
+    """The bucket and a description of a pingback server's answer to pingback.ping.
+
+    A fault's code and string are kept as the server sent them, including codes Pingback 1.0
+    does not list and an empty string.
+    """
     try:
-        text = parse_response(body)
-    except Fault as fault:
-        if fault.code in (FaultCode.PARSE_ERROR, FaultCode.INVALID_XMLRPC) or (
-            fault.code == FaultCode.GENERIC and _transient(status)
-        ):
-            # Not an XML-RPC answer (or a generic fault from a failing server): the HTTP status decides.
-            if _transient(status):
-                return Status.ERROR, f"the pingback server answered {status}"
-            if not 200 <= status < 300:
-                return Status.FAILED, f"the pingback server refused it ({status})"
-        message = " ".join(fault.message.split())[:MAX_DETAIL]
-        if fault.code == FaultCode.ALREADY_REGISTERED:
-            return Status.SENT, f"already registered (fault 48): {message}"
-        bucket = Status.ERROR if fault.code in TRANSIENT_FAULTS else Status.FAILED
-        return bucket, f"fault {int(fault.code)}: {message}"
+        answer = parse_answer(body)
+    except Fault as fault:  # not an XML-RPC answer: the HTTP status decides
+        if _transient(status):
+            return _retry(Classified(Status.ERROR, f"the pingback server answered {status}"), retry_after)
+        if not 200 <= status < 300:
+            return Classified(Status.FAILED, f"the pingback server refused it ({status})")
+        return Classified(Status.FAILED, f"the answer is not XML-RPC ({fault.message})")
+    if isinstance(answer, RemoteFault):
+        string = " ".join(answer.string.split())[:MAX_DETAIL]
+        described = f"fault {answer.code}: {string}" if string else f"fault {answer.code} (empty faultString)"
+        if answer.code == FaultCode.GENERIC and _transient(status):  # a generic fault from a failing server
+            return _retry(
+                Classified(Status.ERROR, f"the pingback server answered {status}, {described}", answer), retry_after
+            )
+        if answer.code == FaultCode.ALREADY_REGISTERED:
+            return Classified(Status.SENT, f"already registered ({described})", answer)
+        bucket = Status.ERROR if answer.code in TRANSIENT_FAULTS else Status.FAILED
+        return _retry(Classified(bucket, described, answer), retry_after)
     if not 200 <= status < 300:
-        return (Status.ERROR if _transient(status) else Status.FAILED), f"the pingback server answered {status}"
-    return Status.SENT, " ".join(text.split())[:MAX_DETAIL] or "accepted"
+        bucket = Status.ERROR if _transient(status) else Status.FAILED
+        return _retry(Classified(bucket, f"the pingback server answered {status}"), retry_after)
+    return Classified(Status.SENT, " ".join(answer.split())[:MAX_DETAIL] or "accepted")
 
 
 async def _webmention(
-    client: httpx.AsyncClient, hosts: _HostSlots, endpoint: str, source: str, target: str, limits: Limits
+    client: httpx.AsyncClient, budget: Budget, endpoint: str, source: str, target: str, limits: Limits
 ) -> Result:
     # §3.1.3: a form-encoded POST with source and target, to the endpoint URL as discovered (its
-    # query stays in the URL, rocks test 21). The client does not follow redirects.
-    answer = await _exchange(
-        client,
-        hosts,
-        "POST",
-        endpoint,
-        limit=limits.max_answer,
-        unusable=Status.SKIPPED,
-        content=urlencode({"source": source, "target": target}).encode(),
-        headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json, */*;q=0.5"},
-    )
-    location = dict((name.lower(), value) for name, value in answer.headers).get("location")
-    location = urljoin(endpoint, location.strip()) if location else None
-    status, detail = classify_webmention(answer.status, location, answer.body)
-    reported = location if answer.status == 201 else None
-    return Result(target, status, detail, Protocol.WEBMENTION, endpoint, answer.status, reported)
+    # query stays in the URL, rocks test 21). The client does not follow redirects: 307 and 308
+    # are followed here, with the same POST, each hop counted.
+    url = endpoint
+    for _ in range(limits.max_redirects + 1):
+        answer = await _exchange(
+            client,
+            budget,
+            "POST",
+            url,
+            limit=limits.max_answer,
+            unusable=Status.SKIPPED,
+            content=urlencode({"source": source, "target": target}).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json, */*;q=0.5"},
+        )
+        location = _field(answer.headers, "location")
+        location = urljoin(url, location.strip()) if location else None
+        if answer.status in REPOST and location is not None and is_http_url(location):
+            url = location
+            continue
+        retry_after = _retry_after(answer.headers)
+        classified = classify_webmention(answer.status, location, answer.body, retry_after)
+        if url != endpoint:
+            classified = Classified(classified.status, f"{classified.detail} (re-sent to {url})")
+        reported = location if answer.status == 201 else None
+        return Result(
+            target,
+            classified.status,
+            classified.detail,
+            Protocol.WEBMENTION,
+            endpoint,
+            answer.status,
+            reported,
+            retry_after,
+        )
+    detail = f"the endpoint redirected more than {limits.max_redirects} times"
+    return Result(target, Status.FAILED, detail, Protocol.WEBMENTION, endpoint, answer.status)
 
 
 async def _pingback(
-    client: httpx.AsyncClient, hosts: _HostSlots, server: str, source: str, target: str, limits: Limits
+    client: httpx.AsyncClient, budget: Budget, server: str, source: str, target: str, limits: Limits
 ) -> Result:
     # Pingback 1.0 §3: targetURI is "the target of the link, as given on the source page".
     answer = await _exchange(
         client,
-        hosts,
+        budget,
         "POST",
         server,
         limit=limits.max_answer,
@@ -327,23 +460,37 @@ async def _pingback(
         content=render_call(Ping(source, target)),
         headers={"Content-Type": "text/xml", "Accept": "text/xml"},
     )
-    status, detail = classify_pingback(answer.status, answer.body)
-    return Result(target, status, detail, Protocol.PINGBACK, server, answer.status)
+    retry_after = _retry_after(answer.headers)
+    classified = classify_pingback(answer.status, answer.body, retry_after)
+    fault = classified.fault
+    return Result(
+        target,
+        classified.status,
+        classified.detail,
+        Protocol.PINGBACK,
+        server,
+        answer.status,
+        retry_after=retry_after,
+        fault_code=None if fault is None else fault.code,
+        fault_string=None if fault is None else fault.string,
+    )
 
 
 async def _notify(
-    client: httpx.AsyncClient, hosts: _HostSlots, source: str, target: str, limits: Limits, dry_run: bool
+    client: httpx.AsyncClient, budget: Budget, source: str, target: str, limits: Limits, dry_run: bool
 ) -> Result:
     if not is_http_url(target):
         return Result(target, Status.SKIPPED, "not an absolute http(s) URL")
     endpoint: Endpoint | None = None
     try:
         # One GET, kept for both protocols: webmention.rocks test 23 serves its page only once.
-        page = await _fetch(client, hosts, target, limits, Status.SKIPPED)
+        page = await _fetch(client, budget, target, limits, Status.SKIPPED)
         endpoint = await asyncio.to_thread(discover, page.url, page.headers, page.body)
         if endpoint is None:
             if _transient(page.status):
-                return Result(target, Status.ERROR, f"the target answered {page.status}", http_status=page.status)
+                detail = f"the target answered {page.status}{_retry_text(page.headers)}"
+                retry_after = _retry_after(page.headers)
+                return Result(target, Status.ERROR, detail, http_status=page.status, retry_after=retry_after)
             what = f"the target answered {page.status} and" if page.status >= 400 else "the target"
             return Result(target, Status.SKIPPED, f"{what} advertises no Webmention or Pingback endpoint")
         if not is_http_url(endpoint.url):
@@ -351,7 +498,7 @@ async def _notify(
         if dry_run:
             return Result(target, Status.DISCOVERED, "not sent (dry run)", endpoint.protocol, endpoint.url)
         send = _webmention if endpoint.protocol == Protocol.WEBMENTION else _pingback
-        return await send(client, hosts, endpoint.url, source, target, limits)
+        return await send(client, budget, endpoint.url, source, target, limits)
     except SendError as exc:
         if endpoint is None:
             return Result(target, exc.status, exc.detail)
@@ -365,20 +512,20 @@ async def notify(
     dry_run: bool = False,
     limits: Limits = DEFAULT_LIMITS,
     on_result: Callable[[Result], None] | None = None,
+    budget: Budget | None = None,
 ) -> tuple[Result, ...]:
     """Notify each of the source's targets; results in link order, `on_result` as each one ends."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + limits.deadline
+    budget = budget or Budget(limits)
     gate = asyncio.Semaphore(limits.concurrency)
-    hosts = _HostSlots(limits.per_host)
 
     async def one(target: str) -> Result:
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(budget.deadline):
                 async with gate, asyncio.timeout(limits.target_timeout):
-                    result = await _notify(client, hosts, source.url, target, limits, dry_run)
+                    result = await _notify(client, budget, source.url, target, limits, dry_run)
         except TimeoutError:
-            if loop.time() >= deadline:
+            if loop.time() >= budget.deadline:
                 result = Result(target, Status.ERROR, f"not done when the {limits.deadline:g} s deadline passed")
             else:
                 result = Result(target, Status.ERROR, f"not done within {limits.target_timeout:g} s")
@@ -415,6 +562,82 @@ async def send(
     on_result: Callable[[Result], None] | None = None,
 ) -> Report:
     """Fetch the post and notify every page it links to; raise `SendError` if the post is unusable."""
-    source = await fetch_source(client, source_url, all_links=all_links, limits=limits)
-    results = await notify(client, source, dry_run=dry_run, limits=limits, on_result=on_result)
+    budget = Budget(limits)
+    source = await fetch_source(client, source_url, all_links=all_links, limits=limits, budget=budget)
+    results = await notify(client, source, dry_run=dry_run, limits=limits, on_result=on_result, budget=budget)
     return Report(source.url, results)
+
+
+FEED_HEADERS: Final = {"Accept": FEED_ACCEPT, "Accept-Encoding": "identity"}
+
+
+async def fetch_feed(
+    client: httpx.AsyncClient, url: str, *, limits: Limits = DEFAULT_LIMITS, budget: Budget | None = None
+) -> Feed:
+    """Fetch a feed, or a page and the feed it names (read_feed); raise `SendError` if there is none."""
+    if not is_http_url(url):
+        raise SendError(Status.FAILED, f"the feed {url!r} is not an absolute http(s) URL")
+    budget = budget or Budget(limits)
+    try:
+        async with asyncio.timeout(limits.target_timeout):
+            for _ in range(2):  # the URL given, then the feed a page names
+                page = await _fetch(client, budget, url, limits, Status.FAILED, FEED_HEADERS)
+                if not 200 <= page.status < 300:
+                    bucket = Status.ERROR if _transient(page.status) else Status.FAILED
+                    raise SendError(bucket, f"{page.url} answered {page.status}{_retry_text(page.headers)}")
+                if len(page.body) >= limits.max_bytes:
+                    logger.warning(
+                        "feed %r is larger than %d bytes; entries after that are not seen", url, limits.max_bytes
+                    )
+                try:
+                    # Parsing takes CPU time; a worker thread keeps the event loop moving meanwhile.
+                    found = await asyncio.to_thread(read_feed, page.url, page.headers, page.body)
+                except FeedError as exc:
+                    raise SendError(Status.FAILED, f"{page.url}: {exc}") from None
+                if isinstance(found, Feed):
+                    return found
+                url = found
+    except TimeoutError:
+        raise SendError(Status.ERROR, f"the feed gave no answer within {limits.target_timeout:g} s") from None
+    raise SendError(Status.FAILED, f"{url}: the feed a page named is a page naming yet another feed")
+
+
+async def send_feed(
+    client: httpx.AsyncClient,
+    feed_url: str,
+    *,
+    since: datetime | None = None,
+    limit: int | None = None,
+    all_links: bool = False,
+    dry_run: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+    on_feed: Callable[[Feed, int], None] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+    on_report: Callable[[Report], None] | None = None,
+) -> FeedReport:
+    """Read the feed, pick its entries (newest first) and send for each as `send` does for a post.
+
+    Raise `SendError` if the feed cannot be read. Entries go one after the other, each with its
+    targets in parallel, all within one budget. `on_feed` hears how many entries were picked.
+    """
+    budget = Budget(limits)
+    feed = await fetch_feed(client, feed_url, limits=limits, budget=budget)
+    entries = pick(feed.entries, since=since, limit=limit)
+    if on_feed is not None:
+        on_feed(feed, len(entries))
+    reports = []
+    for entry in entries:
+        try:
+            async with asyncio.timeout_at(budget.deadline):
+                source = await fetch_source(client, entry.url, all_links=all_links, limits=limits, budget=budget)
+        except SendError as exc:
+            report = Report(entry.url, (), exc.status, exc.detail, entry.published)
+        except TimeoutError:
+            report = Report(entry.url, (), Status.ERROR, f"not done when the {limits.deadline:g} s deadline passed")
+        else:
+            results = await notify(client, source, dry_run=dry_run, limits=limits, on_result=on_result, budget=budget)
+            report = Report(source.url, results, published=entry.published)
+        if on_report is not None:
+            on_report(report)
+        reports.append(report)
+    return FeedReport(feed_url, feed.url, feed.format, len(feed.entries), tuple(reports))

@@ -63,6 +63,9 @@ def test_json_lines(site: respx.MockRouter, capsys: pytest.CaptureFixture[str]) 
             "endpoint": "https://wm.example/webmention",
             "http_status": 201,
             "location": "https://wm.example/status/1",
+            "retry_after": None,
+            "fault_code": None,
+            "fault_string": None,
         },
         {
             "source": SRC,
@@ -73,6 +76,9 @@ def test_json_lines(site: respx.MockRouter, capsys: pytest.CaptureFixture[str]) 
             "endpoint": None,
             "http_status": None,
             "location": None,
+            "retry_after": None,
+            "fault_code": None,
+            "fault_string": None,
         },
     ]
 

@@ -38,56 +38,112 @@ def success(text: str) -> bytes:
 
 
 WEBMENTION_CASES = [
-    pytest.param(200, None, b"", Status.SENT, "accepted", id="200"),
-    pytest.param(201, "https://e.org/s/1", b"", Status.SENT, "created, status at https://e.org/s/1", id="201"),
-    pytest.param(202, None, b'{"summary": "Queued"}', Status.SENT, "accepted for processing: Queued", id="202-json"),
-    pytest.param(204, None, b"", Status.SENT, "accepted", id="204"),
-    pytest.param(301, "https://e.org/wm2", b"", Status.FAILED, "redirected to https://e.org/wm2 (301)", id="301"),
-    pytest.param(302, None, b"", Status.FAILED, "redirected (302)", id="302-no-location"),
+    pytest.param(200, None, b"", None, Status.SENT, "accepted", id="200"),
+    pytest.param(201, "https://e.org/s/1", b"", None, Status.SENT, "created, status at https://e.org/s/1", id="201"),
+    pytest.param(202, None, b'{"summary": "Queued"}', None, Status.SENT, "accepted for processing: Queued", id="202"),
+    pytest.param(204, None, b"", None, Status.SENT, "accepted", id="204"),
+    pytest.param(301, "https://e.org/wm2", b"", None, Status.FAILED, "redirected to https://e.org/wm2 (301)", id="301"),
+    pytest.param(302, None, b"", None, Status.FAILED, "redirected (302)", id="302-no-location"),
+    pytest.param(
+        307, None, b"", None, Status.FAILED, "redirected (307) without a usable Location", id="307-no-location"
+    ),
     pytest.param(
         400,
         None,
         b'{"error": "no_link_found", "error_description": "no link"}',
+        None,
         Status.FAILED,
         "refused it (400): no_link_found: no link",
         id="400-json",
     ),
-    pytest.param(404, None, b"<html><body>Not found</body></html>", Status.FAILED, "refused it (404)", id="404-html"),
-    pytest.param(410, None, b"Gone for good", Status.FAILED, "refused it (410): Gone for good", id="410-text"),
-    pytest.param(429, None, b"", Status.ERROR, "answered 429", id="429"),
-    pytest.param(500, None, b"boom", Status.ERROR, "answered 500: boom", id="500"),
-    pytest.param(503, None, b"", Status.ERROR, "answered 503", id="503"),
+    # webmention.io answers a repeated Webmention so; the receiver has it, as with pingback fault 48.
+    pytest.param(
+        400,
+        None,
+        b'{"error": "already_registered", "error_description": "seen"}',
+        None,
+        Status.SENT,
+        "already registered (400): already_registered: seen",
+        id="400-already-registered",
+    ),
+    pytest.param(404, None, b"<html><body>Not found</body></html>", None, Status.FAILED, "refused it (404)", id="404"),
+    pytest.param(410, None, b"Gone for good", None, Status.FAILED, "refused it (410): Gone for good", id="410-text"),
+    pytest.param(429, None, b"", None, Status.ERROR, "answered 429", id="429"),
+    pytest.param(429, None, b"", "120", Status.ERROR, "answered 429; retry after 120 s", id="429-retry-after"),
+    pytest.param(
+        503,
+        None,
+        b"",
+        "Wed, 21 Oct 2026 07:28:00 GMT",
+        Status.ERROR,
+        "answered 503; retry after Wed, 21 Oct 2026 07:28:00 GMT",
+        id="503-retry-after-date",
+    ),
+    pytest.param(500, None, b"boom", None, Status.ERROR, "answered 500: boom", id="500"),
+    pytest.param(400, None, b"", "60", Status.FAILED, "refused it (400)", id="retry-after-not-shown-on-failed"),
 ]
 
 
-@pytest.mark.parametrize(("status", "location", "body", "bucket", "words"), WEBMENTION_CASES)
-def test_classify_webmention(status: int, location: str | None, body: bytes, bucket: Status, words: str) -> None:
-    got, detail = classify_webmention(status, location, body)
-    assert (got, words in detail) == (bucket, True), detail
+@pytest.mark.parametrize(("status", "location", "body", "retry_after", "bucket", "words"), WEBMENTION_CASES)
+def test_classify_webmention(
+    status: int, location: str | None, body: bytes, retry_after: str | None, bucket: Status, words: str
+) -> None:
+    got = classify_webmention(status, location, body, retry_after)
+    assert (got.status, words in got.detail) == (bucket, True), got.detail
+    if retry_after is not None and bucket == Status.FAILED:
+        assert "retry" not in got.detail
 
 
 PINGBACK_CASES = [
-    pytest.param(200, success("Pingback registered."), Status.SENT, "Pingback registered.", id="success"),
-    pytest.param(200, fault(48, "Already"), Status.SENT, "already registered", id="fault-48-is-success"),
-    pytest.param(200, fault(17, "No link"), Status.FAILED, "fault 17: No link", id="fault-17"),
-    pytest.param(200, fault(33), Status.FAILED, "fault 33", id="fault-33"),
-    pytest.param(200, fault(50, "upstream: HTTP 503"), Status.ERROR, "fault 50", id="fault-50-transient"),
-    pytest.param(200, fault(-32603), Status.ERROR, "fault -32603", id="internal-error-transient"),
-    pytest.param(200, fault(99, "odd"), Status.FAILED, "fault 0: odd", id="unknown-code"),
-    pytest.param(400, fault(0, "webmention.io style"), Status.FAILED, "fault 0", id="fault-with-400"),
-    pytest.param(502, fault(0, "bad gateway"), Status.ERROR, "answered 502", id="generic-fault-with-502"),
-    pytest.param(200, b"<html>not xml-rpc</html>", Status.FAILED, "fault -32", id="html-200"),
-    pytest.param(404, b"<html>Not found</html>", Status.FAILED, "refused it (404)", id="404"),
-    pytest.param(503, b"", Status.ERROR, "answered 503", id="503"),
-    pytest.param(500, success("ok?"), Status.ERROR, "answered 500", id="success-with-500"),
-    pytest.param(403, success("ok?"), Status.FAILED, "answered 403", id="success-with-403"),
+    pytest.param(200, success("Pingback registered."), Status.SENT, "Pingback registered.", None, id="success"),
+    pytest.param(200, fault(48, "Already"), Status.SENT, "already registered (fault 48: Already)", 48, id="fault-48"),
+    pytest.param(200, fault(17, "No link"), Status.FAILED, "fault 17: No link", 17, id="fault-17"),
+    pytest.param(200, fault(33), Status.FAILED, "fault 33", 33, id="fault-33"),
+    pytest.param(200, fault(50, "upstream: HTTP 503"), Status.ERROR, "fault 50: upstream", 50, id="fault-50-transient"),
+    # WordPress, a second pingback within 15 s: a fault code Pingback 1.0 does not list, kept as sent.
+    pytest.param(
+        200,
+        fault(429, "You are posting comments too quickly. Slow down."),
+        Status.ERROR,
+        "fault 429: You are posting comments too quickly. Slow down.",
+        429,
+        id="fault-429-wordpress-flood",
+    ),
+    pytest.param(200, fault(-32603), Status.ERROR, "fault -32603", -32603, id="internal-error-transient"),
+    pytest.param(200, fault(99, "odd"), Status.FAILED, "fault 99: odd", 99, id="unknown-code-kept"),
+    pytest.param(200, fault(0, ""), Status.FAILED, "fault 0 (empty faultString)", 0, id="empty-fault-string"),
+    pytest.param(400, fault(0, "webmention.io style"), Status.FAILED, "fault 0: webmention.io style", 0, id="400"),
+    pytest.param(502, fault(0, "bad gateway"), Status.ERROR, "answered 502, fault 0: bad gateway", 0, id="fault-502"),
+    pytest.param(200, b"<html>not xml-rpc</html>", Status.FAILED, "not XML-RPC", None, id="html-200"),
+    pytest.param(404, b"<html>Not found</html>", Status.FAILED, "refused it (404)", None, id="404"),
+    pytest.param(503, b"", Status.ERROR, "answered 503", None, id="503"),
+    pytest.param(500, success("ok?"), Status.ERROR, "answered 500", None, id="success-with-500"),
+    pytest.param(403, success("ok?"), Status.FAILED, "answered 403", None, id="success-with-403"),
 ]
 
 
-@pytest.mark.parametrize(("status", "body", "bucket", "words"), PINGBACK_CASES)
-def test_classify_pingback(status: int, body: bytes, bucket: Status, words: str) -> None:
-    got, detail = classify_pingback(status, body)
-    assert (got, words in detail) == (bucket, True), detail
+@pytest.mark.parametrize(("status", "body", "bucket", "words", "code"), PINGBACK_CASES)
+def test_classify_pingback(status: int, body: bytes, bucket: Status, words: str, code: int | None) -> None:
+    got = classify_pingback(status, body)
+    assert (got.status, words in got.detail) == (bucket, True), got.detail
+    assert (got.fault and got.fault.code) == code
+
+
+def test_pingback_faults_are_kept_as_sent() -> None:
+    empty = classify_pingback(200, fault(0, ""))
+    assert empty.fault is not None and (empty.fault.code, empty.fault.string) == (0, "")
+    assert "Error." not in empty.detail
+    named = classify_pingback(
+        200,
+        b"<methodResponse><fault><value><struct><member><name>faultCode</name>"
+        b"<value><string>E_FLOOD</string></value></member><member><name>faultString</name>"
+        b"<value>slow</value></member></struct></value></fault></methodResponse>",
+    )
+    assert (named.status, named.detail) == (Status.FAILED, "fault E_FLOOD: slow")
+    later = classify_pingback(503, b"", retry_after="30")
+    assert (later.status, later.detail) == (Status.ERROR, "the pingback server answered 503; retry after 30 s")
+    flood = classify_pingback(200, fault(429, "slow down"), retry_after="15")
+    assert flood.detail == "fault 429: slow down; retry after 15 s"
 
 
 def test_report_ok() -> None:
@@ -361,3 +417,81 @@ async def test_policy_refusals_are_skips_and_sender_requests_carry_no_via(
         await fetch_source(client, "http://127.0.0.1/post")
     assert caught.value.status == Status.FAILED
     assert caught.value.detail.startswith("refused: ")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("code", [307, 308])
+async def test_endpoint_307_308_is_posted_again(
+    respx_mock: respx.MockRouter, client: httpx.AsyncClient, code: int
+) -> None:
+    respx_mock.get(SRC).mock(return_value=page("https://a.example/"))
+    respx_mock.get("https://a.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "</wm>; rel=webmention"})
+    )
+    first = respx_mock.post("https://a.example/wm").mock(
+        return_value=httpx.Response(code, headers={"Location": "/wm2"})
+    )
+    second = respx_mock.post("https://a.example/wm2").mock(return_value=httpx.Response(202))
+    report = await send(client, SRC)
+    result = report.results[0]
+    assert (result.status, result.endpoint, result.http_status) == (Status.SENT, "https://a.example/wm", 202)
+    assert "re-sent to https://a.example/wm2" in result.detail
+    # RFC 9110 §15.4.8/9: the same method and the same body.
+    assert (
+        form(first.calls.last.request)
+        == form(second.calls.last.request)
+        == {
+            "source": [SRC],
+            "target": ["https://a.example/"],
+        }
+    )
+
+
+@pytest.mark.anyio
+async def test_endpoint_redirect_loop_stops_at_the_limit(
+    respx_mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    respx_mock.get(SRC).mock(return_value=page("https://a.example/"))
+    respx_mock.get("https://a.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "</wm>; rel=webmention"})
+    )
+    loop = respx_mock.post("https://a.example/wm").mock(return_value=httpx.Response(308, headers={"Location": "/wm"}))
+    report = await send(client, SRC, limits=Limits(max_redirects=3))
+    assert (report.results[0].status, report.results[0].detail) == (
+        Status.FAILED,
+        "the endpoint redirected more than 3 times",
+    )
+    assert loop.call_count == 4
+
+
+@pytest.mark.anyio
+async def test_retry_after_is_reported(respx_mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    respx_mock.get(SRC).mock(return_value=page("https://busy.example/", "https://wm.example/"))
+    respx_mock.get("https://busy.example/").mock(return_value=httpx.Response(503, headers={"Retry-After": "120"}))
+    respx_mock.get("https://wm.example/").mock(
+        return_value=httpx.Response(200, headers={"Link": "</wm>; rel=webmention"})
+    )
+    respx_mock.post("https://wm.example/wm").mock(return_value=httpx.Response(429, headers={"Retry-After": "30"}))
+    report = await send(client, SRC)
+    assert [(r.status, r.retry_after, r.detail) for r in report.results] == [
+        (Status.ERROR, "120", "the target answered 503; retry after 120 s"),
+        (Status.ERROR, "30", "the endpoint answered 429; retry after 30 s"),
+    ]
+
+
+@pytest.mark.anyio
+async def test_one_budget_of_requests_per_call(respx_mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    # 1 source fetch + per target a fetch, 2 redirects of the endpoint and the POST: 5 requests allowed.
+    respx_mock.get(SRC).mock(return_value=page("https://a.example/", "https://b.example/"))
+    for host in ("a", "b"):
+        respx_mock.get(f"https://{host}.example/").mock(
+            return_value=httpx.Response(200, headers={"Link": "</wm>; rel=webmention"})
+        )
+        respx_mock.post(f"https://{host}.example/wm").mock(
+            return_value=httpx.Response(307, headers={"Location": "/wm2"})
+        )
+        respx_mock.post(f"https://{host}.example/wm2").mock(return_value=httpx.Response(202))
+    report = await send(client, SRC, limits=Limits(max_requests=5, concurrency=1))
+    assert len(respx_mock.calls) == 5
+    assert [r.status for r in report.results] == [Status.SENT, Status.ERROR]
+    assert report.results[1].detail == "not tried: this call's 5 outbound requests are spent"

@@ -1,0 +1,339 @@
+"""Read a site's feed: which posts it lists, and when each was published, newest first.
+
+Pure: a document is (final URL, headers, body) and the answer is a `Feed` or the URL of the feed a
+page points to. RSS and Atom go through feedparser, JSON Feed through json, h-feed through the
+tokenizer of webmention.py. Specs: https://www.rssboard.org/rss-specification (RSS 2.0),
+https://www.rfc-editor.org/rfc/rfc4287 (Atom), https://www.jsonfeed.org/version/1.1/ (JSON Feed),
+https://microformats.org/wiki/h-feed and https://microformats.org/wiki/rel-alternate.
+"""
+
+from __future__ import annotations
+
+import calendar
+import io
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any, Final
+from urllib.parse import urldefrag, urljoin
+
+from pingforward.pingback import is_http_url
+
+# The linear HTML tokenizer and helpers of webmention.py (see the comment above `_html_tokens`
+# there: html.parser is not linear on hostile pages, and a tree builder is not needed).
+from pingforward.webmention import (
+    _ROOT_CLASS,
+    _VOID,
+    Headers,
+    _html_tokens,
+    _tokens,
+    decode,
+    header_values,
+    is_html,
+    media_type,
+)
+
+
+class FeedFormat(StrEnum):
+    RSS = "rss"  # RSS 0.9x, 1.0 (RDF) and 2.0
+    ATOM = "atom"
+    JSON = "json-feed"
+    HFEED = "h-feed"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One post the feed lists: its page, and when it was published (or last updated), if said."""
+
+    url: str
+    published: datetime | None = None  # timezone-aware
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    url: str  # where it was read, after redirects
+    format: FeedFormat
+    entries: tuple[Entry, ...]  # as listed, each URL once
+
+
+class FeedError(ValueError):
+    """The document is no feed, names none, or is refused (such as XML with entity declarations)."""
+
+
+# RFC 4287 §7, RSS Advisory Board, JSON Feed 1.1 "Discovery" (which also allows application/json).
+FEED_TYPES: Final = frozenset(
+    {"application/rss+xml", "application/atom+xml", "application/rdf+xml", "application/feed+json", "application/json"}
+)
+JSON_TYPES: Final = frozenset({"application/feed+json", "application/json"})
+ACCEPT: Final = (
+    "application/atom+xml, application/rss+xml, application/feed+json, application/xml;q=0.9, "
+    "text/xml;q=0.9, application/json;q=0.8, text/html;q=0.7, */*;q=0.1"
+)
+
+
+def read_feed(url: str, headers: Headers, body: bytes) -> Feed | str:
+    """The feed in a document fetched from `url` (its final URL), or the URL of the feed a page names.
+
+    An HTML page names its feed with `<link rel="alternate" type="application/rss+xml" href>` (or
+    Atom, JSON Feed), which wins; else the page's own h-entries are its feed (an h-feed); else a
+    `rel="feed"` link names the page that holds it. Raise `FeedError` when there is nothing.
+    """
+    kind = media_type(headers)
+    stripped = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if kind in JSON_TYPES or (kind not in FEED_TYPES and stripped.startswith(b"{")):
+        return parse_json_feed(url, body)
+    if is_html(headers) and not _looks_like_xml_feed(stripped):
+        text = decode(headers, body)
+        alternate = feed_links(url, text)
+        if alternate:
+            return alternate[0]
+        entries = h_entries(url, text)
+        if entries:
+            return Feed(url, FeedFormat.HFEED, entries)
+        named = rel_feed(url, text)
+        if named is not None and urldefrag(named)[0] != urldefrag(url)[0]:
+            return named
+        raise FeedError("the page names no feed (rel=alternate) and has no h-entry")
+    return parse_xml_feed(url, headers, body)
+
+
+def _looks_like_xml_feed(start: bytes) -> bool:
+    # Feeds served as text/html (or with no type) still start like XML feeds.
+    head = start[:1024]
+    return head.startswith(b"<?xml") or any(tag in head for tag in (b"<rss", b"<feed", b"<rdf:RDF"))
+
+
+# ---------------------------------------------------------------------------------------------
+# RSS and Atom
+
+# An entity declaration is the one way into entity expansion: nested ones (billion laughs), long
+# ones referenced many times (quadratic blowup), external ones (XXE). feedparser keeps the
+# declarations it calls safe (no references in the value) and hands them to expat or, when the
+# XML is not well-formed, expands them itself without any limit; so a feed that declares any
+# entity is refused before feedparser sees it. The check runs on the text as feedparser will
+# decode it (below), so no encoding can hide a declaration. Real feeds declare none.
+_ENTITY_DECLARATION: Final = re.compile(r"<!ENTITY", re.IGNORECASE)
+_XML_ENCODING: Final = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
+_CHARSET: Final = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+_BOMS: Final = (
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def _xml_text(headers: Headers, body: bytes) -> str:
+    """The XML as text: a BOM, then the Content-Type charset (RFC 7303 §3), then the XML declaration, else UTF-8."""
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            return body.decode(name, "replace")
+    content_type = header_values(headers, "content-type")
+    declared = _CHARSET.search(content_type[0]) if content_type else None
+    found = _XML_ENCODING.match(body)
+    for label in (declared and declared[1], found and found[1].decode("ascii")):
+        if label:
+            try:
+                return body.decode(label, "replace")
+            except LookupError:
+                continue
+    return body.decode("utf-8", "replace")
+
+
+def parse_xml_feed(url: str, headers: Headers, body: bytes) -> Feed:
+    """An RSS or Atom feed; raise `FeedError` if it is neither, or declares entities."""
+    text = _xml_text(headers, body)
+    if _ENTITY_DECLARATION.search(text):
+        raise FeedError("the feed declares XML entities, which are refused")
+    import feedparser  # only for feeds: it takes a while to import, and a proxy worker never needs it
+
+    # UTF-8 bytes with a charset that says so: feedparser decodes them as checked above (RFC 7303
+    # §3: the charset parameter wins over the XML declaration), and sees no other encoding. Given
+    # as a stream, not bytes: feedparser tries to open bytes as a file name first.
+    parsed: Any = feedparser.parse(
+        io.BytesIO(text.encode("utf-8")),
+        response_headers={"content-type": "application/xml; charset=utf-8", "content-location": url},
+        resolve_relative_uris=False,
+        sanitize_html=False,
+    )
+    version = str(parsed.get("version") or "")
+    if not version:
+        raise FeedError("not an RSS, Atom or JSON feed")
+    entries = (
+        _entry(url, item.get("link"), _struct_time(item.get("published_parsed") or item.get("updated_parsed")))
+        for item in parsed.entries
+    )
+    return Feed(url, FeedFormat.ATOM if version.startswith("atom") else FeedFormat.RSS, _distinct(entries))
+
+
+def _struct_time(value: Any) -> datetime | None:
+    # feedparser gives dates as time.struct_time in UTC.
+    try:
+        return datetime.fromtimestamp(calendar.timegm(value), UTC) if value else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Feed
+
+
+def parse_json_feed(url: str, body: bytes) -> Feed:
+    """A JSON Feed (1.0 or 1.1): each item's `url` is its page (`external_url` is what it links to)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder's stack
+        raise FeedError("not a JSON feed: the JSON does not parse") from None
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise FeedError("not a JSON feed: no list of items")
+    entries = (
+        _entry(url, item.get("url"), parse_date(item.get("date_published") or item.get("date_modified")))
+        for item in items
+        if isinstance(item, dict)
+    )
+    return Feed(url, FeedFormat.JSON, _distinct(entries))
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML: feed links and h-feed
+
+
+def feed_links(url: str, text: str) -> tuple[str, ...]:
+    """The feeds a page names with `<link rel="alternate" type=FEED_TYPE href>`, absolute, in document order.
+
+    Plain application/json comes last: JSON Feed 1.1 names application/feed+json, and WordPress
+    pages link their REST API record as an application/json alternate.
+    """
+    found: dict[str, bool] = {}
+    for is_start, name, attributes in _html_tokens(text):
+        if not (is_start and name == "link" and "href" in attributes):
+            continue
+        kind = attributes.get("type", "").split(";", 1)[0].strip().lower()
+        if "alternate" in _tokens(attributes.get("rel", "")) and kind in FEED_TYPES:
+            if is_http_url(link := urljoin(url, attributes["href"].strip())):
+                found.setdefault(link, kind == "application/json")
+    return tuple(sorted(found, key=found.__getitem__))  # stable: document order within each group
+
+
+def rel_feed(url: str, text: str) -> str | None:
+    """The page a `rel="feed"` link names (microformats.org/wiki/rel-feed): where the h-feed is."""
+    for is_start, name, attributes in _html_tokens(text):
+        if is_start and name in ("a", "link") and "href" in attributes and "feed" in _tokens(attributes.get("rel", "")):
+            link = urljoin(url, attributes["href"].strip())
+            return link if is_http_url(link) else None
+    return None
+
+
+@dataclass(slots=True)
+class _HEntry:
+    depth: int
+    url: str | None = None  # u-url
+    published: str | None = None  # dt-published, else dt-updated
+    updated: str | None = None
+    own_href: str | None = None  # an <a class="h-entry" href>
+    child_links: list[str] | None = None  # hrefs of its child <a> elements, for the implied url
+
+
+def h_entries(url: str, text: str) -> tuple[Entry, ...]:
+    """The top-level h-entries of a page: each one's u-url and dt-published (microformats2 parsing, in part).
+
+    A property belongs to the nearest root around it, so the u-url of an h-card or h-cite inside an
+    entry is not the entry's. Without a u-url, the implied one: the entry's own href, else the
+    href of its only child `<a>` (microformats2 parsing, "implied url"). Dates come from the
+    `datetime` (`<time>`), `value` (`<data>`) or `title` (`<abbr>`) attribute; text is not read.
+    """
+    found: list[_HEntry] = []
+    # Per open element: its tag, the nearest root it belongs to (an index into `found`, -1 for
+    # none or another kind of root), and whether it is inside an h-entry.
+    stack: list[tuple[str, int, bool]] = []
+    open_count: dict[str, int] = {}
+    for is_start, name, attributes in _html_tokens(text):
+        if not is_start:
+            if open_count.get(name) and name not in ("body", "html"):  # as webmention._scan closes them
+                while (closed := stack.pop())[0] != name:
+                    open_count[closed[0]] -= 1
+                open_count[name] -= 1
+            continue
+        owner, in_entry = (stack[-1][1], stack[-1][2]) if stack else (-1, False)
+        classes = _tokens(attributes.get("class", ""))
+        href = attributes.get("href") if name in ("a", "area", "link") else None
+        if owner >= 0:
+            entry = found[owner]
+            if href is not None and "u-url" in classes and entry.url is None:
+                entry.url = href
+            when = attributes.get("datetime") or attributes.get("value") or attributes.get("title")
+            if when and "dt-published" in classes and entry.published is None:
+                entry.published = when
+            if when and "dt-updated" in classes and entry.updated is None:
+                entry.updated = when
+            if name == "a" and href is not None and len(stack) == entry.depth + 1 and entry.child_links is not None:
+                entry.child_links.append(href)
+        if "h-entry" in classes and not in_entry:
+            found.append(_HEntry(len(stack), own_href=href, child_links=[]))
+            owner, in_entry = len(found) - 1, True
+        elif any(_ROOT_CLASS.match(item) for item in classes):
+            owner = -1
+        if name not in _VOID:
+            stack.append((name, owner, in_entry))
+            open_count[name] = open_count.get(name, 0) + 1
+    entries = []
+    for item in found:
+        implied = item.child_links[0] if item.child_links and len(item.child_links) == 1 else None
+        link = item.url if item.url is not None else item.own_href if item.own_href is not None else implied
+        if link is None:
+            link = url if len(found) == 1 else None  # a lone h-entry is the page itself
+        entries.append(_entry(url, link, parse_date(item.published or item.updated)))
+    return _distinct(entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entries
+
+
+def _entry(base: str, link: object, published: datetime | None) -> Entry | None:
+    if not isinstance(link, str):
+        return None
+    url = urljoin(base, link.strip())
+    return Entry(url, published) if is_http_url(url) else None
+
+
+def _distinct(entries: Iterable[Entry | None]) -> tuple[Entry, ...]:
+    seen: dict[str, Entry] = {}
+    for entry in entries:
+        if entry is not None:
+            seen.setdefault(urldefrag(entry.url)[0], entry)
+    return tuple(seen.values())
+
+
+def parse_date(value: object) -> datetime | None:
+    """An RFC 3339 / ISO 8601 or RFC 822 date, timezone-aware (UTC when it names no zone); else None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        # "2026-01-02 10:00" (a space) is what many h-entry themes write; ISO 8601 allows it by agreement.
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            parsed = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def pick(entries: Sequence[Entry], *, since: datetime | None = None, limit: int | None = None) -> tuple[Entry, ...]:
+    """The entries to notify for, newest first: published at or after `since`, at most `limit`.
+
+    Entries without a date come after the dated ones, in feed order, and never pass `since`.
+    """
+    oldest = datetime.min.replace(tzinfo=UTC)
+    ordered = sorted(entries, key=lambda entry: entry.published or oldest, reverse=True)  # stable
+    if since is not None:
+        ordered = [entry for entry in ordered if entry.published is not None and entry.published >= since]
+    return tuple(ordered if limit is None else ordered[:limit])
