@@ -1,4 +1,5 @@
-"""Command line: `pingforward serve` runs the proxy without a Procfile, `check` tests a site, `send` notifies links."""
+"""Command line: `pingforward serve` runs the proxy without a Procfile, `check` tests a site, `send` notifies links,
+`demo` shows one ping all the way through."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     check.add_argument("--ping", action="store_true", help="also send one real test ping through the endpoint")
     check.add_argument("--source", metavar="URL", help="the test ping's source (default: PAGE_URL itself)")
 
+    demo = commands.add_parser("demo", help="send one real pingback through a local proxy to a local receiver")
+    demo.add_argument("--port", type=int, default=0, help="the proxy's port (default: any free port)")
+
     send = commands.add_parser("send", help="notify every page a post links to (Webmention, else Pingback)")
     send.add_argument("source", metavar="SOURCE_URL", help="the published post")
     send.add_argument("--all-links", action="store_true", help="every link on the page, not only the post's")
@@ -43,6 +47,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     send.add_argument("--dry-run", action="store_true", help="discover endpoints and report, send nothing")
 
     args = parser.parse_args(argv)
+    if args.command == "demo":  # its own settings, printed as it starts
+        from pingforward import demo
+
+        return demo.run(sys.stdout, args.port)
     if args.command == "serve" and args.log_format is not None:
         # The app factory reads its settings from the environment, in every worker process.
         os.environ[PREFIX + "LOG_FORMAT"] = args.log_format
