@@ -48,9 +48,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     args = parser.parse_args(argv)
     if args.command == "demo":  # its own settings, printed as it starts
-        from pingforward import demo
+        from pingforward.demo import run as run_demo
 
-        return demo.run(sys.stdout, args.port)
+        return run_demo(sys.stdout, args.port)
     if args.command == "serve" and args.log_format is not None:
         # The app factory reads its settings from the environment, in every worker process.
         os.environ[PREFIX + "LOG_FORMAT"] = args.log_format
