@@ -157,7 +157,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # objects that imports leave unreachable (289 measured), which stay frozen instead.
         gc.freeze()
         try:
-            async with make_client(settings, transport) as client:
+            async with transport, make_client(settings) as client:  # the client's own pool, for POST /send
                 yield {"client": client, "transport": transport, "limiter": HostLimiter(settings.max_per_host)}
         finally:
             gc.unfreeze()  # the process may go on (tests, an embedding server) and expect a normal gc
