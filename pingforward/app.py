@@ -38,7 +38,7 @@ from pingforward.pingback import (
     render_fault,
     render_response,
 )
-from pingforward.pinglog import PingLine, PingLog, formatter
+from pingforward.pinglog import PingLine, PingLog, formatter, json_for_uvicorn
 from pingforward.policy import SCHEME_PORTS, Policy, Refused
 from pingforward.transport import VIA, make_client, make_transport
 from pingforward.watchdog import Watchdog
@@ -279,7 +279,7 @@ class PingbackEndpoint:
             # No usable `forward` parameter: whatever the body says, nothing can be done with it, so it
             # is not parsed, and it is counted instead of logged: such requests are junk, the bulk of
             # pingback traffic (webmention.io#208), and each would cost twice as much (bench/README.md).
-            self.ping_log.unroutable()
+            self.ping_log.unroutable(scope["query_string"])
             return _fault(FaultCode.GENERIC, where.unusable.text)
         try:
             call = parse_call(body)
@@ -310,6 +310,7 @@ class PingbackEndpoint:
                 ms=(time.perf_counter() - started) * 1000,
                 request_id=_text(headers.get(b"x-request-id")),
                 agent=_text(headers.get(b"user-agent")),
+                reason=None if outcome.fault is None else outcome.text,
             )
         )
         if outcome.fault is None:
@@ -421,6 +422,8 @@ def _configure_logging(log_format: LogFormat) -> None:
         package.setLevel(logging.INFO)
     for handler in package.handlers:
         handler.setFormatter(formatter(log_format))
+    if log_format is LogFormat.JSON:
+        json_for_uvicorn()
     # Logging HOWTO, "Optimization": neither format uses the thread or process, so do not
     # collect them for every record (bench/README.md).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

@@ -202,7 +202,7 @@ def _forward(page: Page, endpoint: str, report: _Report) -> None:
     if webmention is None:
         report.add(
             Verdict.WARN,
-            "the page advertises no Webmention endpoint (rel=\"webmention\"), so Webmention senders cannot "
+            'the page advertises no Webmention endpoint (rel="webmention"), so Webmention senders cannot '
             "reach it and the forward URL cannot be compared with one",
         )
     elif webmention == forward:

@@ -15,6 +15,7 @@ from typing import TextIO
 from pingforward import __version__
 from pingforward.check import Verdict, check
 from pingforward.config import PREFIX, ConfigError, LogFormat, Settings
+from pingforward.pinglog import uvicorn_log_config
 from pingforward.send import Report, Result, SendError, Status, fetch_source, notify
 from pingforward.transport import make_client
 
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         workers=args.workers,
         timeout_graceful_shutdown=20,
         access_log=False,
+        log_config=uvicorn_log_config(settings.log_format) or uvicorn.config.LOGGING_CONFIG,
     )
     return 0
 
