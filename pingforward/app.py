@@ -46,7 +46,8 @@ from pingforward.watchdog import Watchdog
 logger = logging.getLogger(__name__)
 
 XML = "text/xml; charset=utf-8"
-# The landing page runs no script and loads nothing; it may only submit its form to itself.
+# The landing page loads nothing and runs only its own inline script (allowed by hash, in `page`);
+# it may only submit its form to itself.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'",
@@ -173,7 +174,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
         page_url = str(request.url.replace(query=""))
         status, body = landing.render(page_url, request.query_params.get("endpoint"), settings)
-        return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
+        csp = f"{PAGE_HEADERS['Content-Security-Policy']}; script-src {landing.SCRIPT_SOURCE}"
+        return HTMLResponse(body, status_code=status, headers={**PAGE_HEADERS, "Content-Security-Policy": csp})
 
     # One route per path, so that a 405 names every allowed method.
     endpoint = PingbackEndpoint(settings, page=request_response(page))
