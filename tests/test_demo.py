@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -18,7 +19,10 @@ from tests.servers import LOCAL_ENV, ROOT, _running, free_port, receiver
 
 def make_dry_run(*args: str) -> list[str]:
     """The commands `make` would run, without running them."""
-    done = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+    # Also when the tests run under `make test`: not as a sub-make, which would print directories.
+    environ = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    command = ["make", "-n", "--no-print-directory", *args]
+    done = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=30, check=True)
     return done.stdout.splitlines()
 
 
