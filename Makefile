@@ -1,12 +1,14 @@
-# Two commands on a fresh machine with Python 3.11+ and make:
-#   make run    serve on http://127.0.0.1:8000
+# On a fresh machine with Python 3.11+ and make:
+#   make demo   one real pingback through a local proxy to a local Webmention receiver, step by step
+#   make run    serve on http://127.0.0.1:8000 (make run PORT=9000 for another port)
 #   make test   every check: format, lint, types, tests
 #   make bench  the speed benchmark (bench/README.md; a few minutes, needs wrk; not part of test)
 PYTHON ?= python3
+PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit("pingforward needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -16,7 +18,10 @@ $(BIN)/.installed: pyproject.toml requirements.txt
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/uvicorn --factory pingforward.app:create_app --host 127.0.0.1 --port 8000
+	$(BIN)/pingforward serve --host 127.0.0.1 --port $(PORT)
+
+demo: $(BIN)/.installed
+	$(BIN)/pingforward demo
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff format --check pingforward tests

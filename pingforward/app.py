@@ -38,7 +38,7 @@ from pingforward.pingback import (
     render_fault,
     render_response,
 )
-from pingforward.pinglog import PingLine, PingLog, formatter
+from pingforward.pinglog import PingLine, PingLog, formatter, json_for_uvicorn
 from pingforward.policy import SCHEME_PORTS, Policy, Refused
 from pingforward.transport import VIA, make_client, make_transport
 from pingforward.watchdog import Watchdog
@@ -46,7 +46,8 @@ from pingforward.watchdog import Watchdog
 logger = logging.getLogger(__name__)
 
 XML = "text/xml; charset=utf-8"
-# The landing page runs no script and loads nothing; it may only submit its form to itself.
+# The landing page loads nothing and runs only its own inline script (allowed by hash, in `page`);
+# it may only submit its form to itself.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'",
@@ -156,7 +157,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # objects that imports leave unreachable (289 measured), which stay frozen instead.
         gc.freeze()
         try:
-            async with make_client(settings, transport) as client:
+            async with transport, make_client(settings) as client:  # the client's own pool, for POST /send
                 yield {"client": client, "transport": transport}
         finally:
             gc.unfreeze()  # the process may go on (tests, an embedding server) and expect a normal gc
@@ -172,7 +173,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
         page_url = str(request.url.replace(query=""))
         status, body = landing.render(page_url, request.query_params.get("endpoint"), settings)
-        return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
+        csp = f"{PAGE_HEADERS['Content-Security-Policy']}; script-src {landing.SCRIPT_SOURCE}"
+        return HTMLResponse(body, status_code=status, headers={**PAGE_HEADERS, "Content-Security-Policy": csp})
 
     # One route per path, so that a 405 names every allowed method.
     endpoint = PingbackEndpoint(settings, page=request_response(page))
@@ -278,7 +280,7 @@ class PingbackEndpoint:
             # No usable `forward` parameter: whatever the body says, nothing can be done with it, so it
             # is not parsed, and it is counted instead of logged: such requests are junk, the bulk of
             # pingback traffic (webmention.io#208), and each would cost twice as much (bench/README.md).
-            self.ping_log.unroutable()
+            self.ping_log.unroutable(scope["query_string"])
             return _fault(FaultCode.GENERIC, where.unusable.text)
         try:
             call = parse_call(body)
@@ -309,6 +311,7 @@ class PingbackEndpoint:
                 ms=(time.perf_counter() - started) * 1000,
                 request_id=_text(headers.get(b"x-request-id")),
                 agent=_text(headers.get(b"user-agent")),
+                reason=None if outcome.fault is None else outcome.text,
             )
         )
         if outcome.fault is None:
@@ -463,6 +466,8 @@ def _configure_logging(log_format: LogFormat) -> None:
         package.setLevel(logging.INFO)
     for handler in package.handlers:
         handler.setFormatter(formatter(log_format))
+    if log_format is LogFormat.JSON:
+        json_for_uvicorn()
     # Logging HOWTO, "Optimization": neither format uses the thread or process, so do not
     # collect them for every record (bench/README.md).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

@@ -10,6 +10,8 @@ https://www.w3.org/TR/webmention/#sender-discovers-receiver-webmention-endpoint.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,8 +31,12 @@ MAX_ANSWER: Final = 64 * 1024
 
 
 class Verdict(Enum):
+    """FAIL is for what keeps pingbacks from arriving, and only that sets the exit status; WARN is for
+    what works but deserves a look."""
+
     OK = "ok"
     FAIL = "FAIL"
+    WARN = "warn"
     INFO = "--"
 
 
@@ -190,13 +196,22 @@ def _forward(page: Page, endpoint: str, report: _Report) -> None:
             "if they belong to your Webmention endpoint, percent-encode the whole forward URL",
         )
 
+    # Pingbacks go to the forward URL whatever the page says about Webmention; the comparison only
+    # catches a forward URL that was mistyped or went stale.
     webmention = discover_webmention(page.url, page.headers, page.html)
     if webmention is None:
-        report.add(Verdict.FAIL, "the page advertises no Webmention endpoint to compare the forward URL with")
+        report.add(
+            Verdict.WARN,
+            'the page advertises no Webmention endpoint (rel="webmention"), so Webmention senders cannot '
+            "reach it and the forward URL cannot be compared with one",
+        )
     elif webmention == forward:
         report.add(Verdict.OK, f"forward matches the page's Webmention endpoint {webmention}")
     else:
-        report.add(Verdict.FAIL, f"forward differs from the page's Webmention endpoint {webmention}")
+        report.add(
+            Verdict.WARN,
+            f"forward differs from the page's Webmention endpoint {webmention}: pingbacks go to the forward URL",
+        )
 
 
 # Answers that show the ping got through the proxy to the receiver and the receiver decided; the rest
@@ -218,6 +233,27 @@ def judge_ping(status: int, body: bytes) -> Finding:
         who = "" if proxy else " (from your Webmention endpoint: the proxy works)"
         return Finding(verdict, f"test ping: fault {int(fault.code)} {fault.message}{who}")
     return Finding(Verdict.OK, f"test ping delivered: {text}")
+
+
+def explain(exc: httpx.HTTPError, url: str) -> str:
+    """Why a request failed, in a site owner's words rather than an exception's name."""
+    host = urlsplit(url).hostname or url
+    causes = [exc.__cause__, exc.__context__]
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{host} did not answer in time"
+    if any(isinstance(cause, socket.gaierror) for cause in causes):
+        return f"there is no host {host} (check the spelling, or the DNS)"
+    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return f"{host} refused the connection: nothing listens on that port"
+    if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in causes):
+        return f"the TLS certificate of {host} is not valid for it or has expired"
+    if any(isinstance(cause, ssl.SSLError) for cause in causes):
+        return f"the TLS handshake with {host} failed"
+    if isinstance(exc, httpx.ConnectError):
+        return f"could not connect to {host}"
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return "not a URL that can be fetched"
+    return f"{host} broke off the exchange or answered what is not HTTP"
 
 
 async def fetch_page(client: httpx.AsyncClient, url: str) -> Page:
@@ -244,7 +280,7 @@ async def send_test_ping(client: httpx.AsyncClient, endpoint: str, ping: Ping) -
     try:
         response = await client.send(request)
     except httpx.HTTPError as exc:
-        return Finding(Verdict.FAIL, f"test ping: could not reach {endpoint}: {type(exc).__name__}")
+        return Finding(Verdict.FAIL, f"test ping: not delivered to {endpoint}: {explain(exc, endpoint)}")
     except Refused as exc:
         return Finding(Verdict.FAIL, f"test ping: not sent to {endpoint}: {exc.reason}")
     return judge_ping(response.status_code, response.content[:MAX_ANSWER])
@@ -255,7 +291,7 @@ async def check(client: httpx.AsyncClient, url: str, *, ping: bool = False, sour
     try:
         page = await fetch_page(client, url)
     except httpx.HTTPError as exc:
-        return Analysis((Finding(Verdict.FAIL, f"could not fetch {url}: {type(exc).__name__} {exc}"),), None)
+        return Analysis((Finding(Verdict.FAIL, f"could not fetch {url}: {explain(exc, url)}"),), None)
     except Refused as exc:  # the address policy of make_client applies to this command too
         return Analysis((Finding(Verdict.FAIL, f"did not fetch {url}: {exc.reason}"),), None)
     analysis = analyze(page)

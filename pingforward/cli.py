@@ -1,4 +1,5 @@
-"""Command line: `pingforward serve` runs the proxy without a Procfile, `check` tests a site, `send` notifies links."""
+"""Command line: `pingforward serve` runs the proxy without a Procfile, `check` tests a site, `send` notifies links,
+`demo` shows one ping all the way through."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pingforward import __version__
 from pingforward.check import Verdict, check
 from pingforward.config import PREFIX, ConfigError, LogFormat, Settings
 from pingforward.feed import Feed, parse_date
+from pingforward.pinglog import uvicorn_log_config
 from pingforward.send import (
     DEFAULT_LIMITS,
     Budget,
@@ -48,6 +50,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     check.add_argument("page_url", metavar="PAGE_URL", help="a post of your site that should receive pingbacks")
     check.add_argument("--ping", action="store_true", help="also send one real test ping through the endpoint")
     check.add_argument("--source", metavar="URL", help="the test ping's source (default: PAGE_URL itself)")
+    check.add_argument("--json", action="store_true", help="one JSON object per finding on stdout")
+
+    demo = commands.add_parser("demo", help="send one real pingback through a local proxy to a local receiver")
+    demo.add_argument("--port", type=int, default=0, help="the proxy's port (default: any free port)")
 
     send = commands.add_parser(
         "send",
@@ -75,6 +81,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     send.add_argument("--dry-run", action="store_true", help="discover endpoints and report, send nothing")
 
     args = parser.parse_args(argv)
+    if args.command == "demo":  # its own settings, printed as it starts
+        from pingforward.demo import run as run_demo
+
+        return run_demo(sys.stdout, args.port)
     if args.command == "send" and (args.source is None) == (args.feed is None):
         send.error("give either SOURCE_URL or --feed FEED_URL")
     if args.command == "send" and args.source is not None and (args.since or args.limit):
@@ -88,7 +98,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"pingforward: {exc}", file=sys.stderr)
         return 2
     if args.command == "check":
-        return asyncio.run(_check(settings, args.page_url, ping=args.ping, source=args.source))
+        return asyncio.run(_check(settings, args.page_url, ping=args.ping, source=args.source, as_json=args.json))
     if args.command == "send" and args.feed is not None:
         return asyncio.run(_send_feed(args, settings))
     if args.command == "send":
@@ -104,6 +114,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         workers=args.workers,
         timeout_graceful_shutdown=20,
         access_log=False,
+        log_config=uvicorn_log_config(settings.log_format) or uvicorn.config.LOGGING_CONFIG,
     )
     return 0
 
@@ -132,13 +143,21 @@ def _printable(text: str) -> str:
     )
 
 
-async def _check(settings: Settings, url: str, *, ping: bool, source: str | None) -> int:
+async def _check(settings: Settings, url: str, *, ping: bool, source: str | None, as_json: bool = False) -> int:
     async with make_client(settings) as client:
         analysis = await check(client, url, ping=ping, source=source)
+    problems = sum(finding.verdict is Verdict.FAIL for finding in analysis.findings)
+    warnings = sum(finding.verdict is Verdict.WARN for finding in analysis.findings)
+    if as_json:
+        for finding in analysis.findings:
+            print(json.dumps({"page": url, "verdict": finding.verdict.name.lower(), "message": finding.text}))
+        return 1 if problems else 0
     for finding in analysis.findings:
         print(f"{finding.verdict.value:<4}  {_printable(finding.text)}")
-    problems = sum(finding.verdict is Verdict.FAIL for finding in analysis.findings)
-    print(f"{problems} problem{'' if problems == 1 else 's'} found" if problems else "no problems found")
+    summary = f"{problems} problem{'' if problems == 1 else 's'} found" if problems else "no problems found"
+    if warnings:
+        summary += f", {warnings} warning{'' if warnings == 1 else 's'}"
+    print(summary)
     return 1 if problems else 0
 
 

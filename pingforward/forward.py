@@ -93,13 +93,16 @@ def _text(data: dict[str, object], *keys: str) -> str:
 
 
 # node's `pingback` client treats any answer containing "fault" as a fault (protocol.md §2.2),
-# so a success string must not contain it, not even inside "default". Percent-encoding the
-# "a" keeps a URL equivalent (RFC 3986 §6.2.2.2) and prose readable.
+# so a success string must not contain it, not even inside "default". In a URL the "a" is
+# percent-encoded, which keeps the URL equivalent (RFC 3986 §6.2.2.2); in prose, which people
+# read, an invisible WORD JOINER (U+2060) goes between "fa" and "ult" instead.
 _FAULT_WORD: Final = re.compile("(f)(a)(ult)", re.IGNORECASE)
+_URL_IN_TEXT: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 
 
 def _defang(text: str) -> str:
-    return _FAULT_WORD.sub(lambda m: f"{m[1]}%{ord(m[2]):X}{m[3]}", text)
+    text = _URL_IN_TEXT.sub(lambda url: _FAULT_WORD.sub(lambda m: f"{m[1]}%{ord(m[2]):X}{m[3]}", url[0]), text)
+    return _FAULT_WORD.sub(lambda m: f"{m[1]}{m[2]}\u2060{m[3]}", text)
 
 
 def classify(ping: Ping, status: int, body: bytes, location: str | None = None) -> Outcome:

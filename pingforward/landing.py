@@ -1,12 +1,15 @@
 """The landing page: what pingforward does, a form that builds a site's pingback tags, the fault table.
 
 Pure: values in, HTML out. Every interpolated value goes through `html.escape` in `_fill`. One page
-with a handful of values does not justify a template engine in the runtime slug.
+with a handful of values does not justify a template engine in the runtime slug. Its one script adds
+copy buttons; the Content-Security-Policy allows it by hash (`SCRIPT_SOURCE`), and the page works without it.
 Specs: https://www.hixie.ch/specs/pingback/pingback#TOC2.3 (the `<link>` element and `X-Pingback`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,7 +21,33 @@ from pingforward import PROJECT_URL, __version__
 from pingforward.config import Settings
 from pingforward.forward import ERROR_NAMES, MAX_FORWARD_URL, ForwardError, parse_forward
 from pingforward.pingback import FaultCode, is_http_url
-from pingforward.policy import Policy, Refused
+from pingforward.policy import SCHEME_PORTS, Policy, Refused
+
+EXAMPLE_ENDPOINT: Final = "https://webmention.io/example.com/webmention"
+INSTALL: Final = f"pipx install git+{PROJECT_URL}"
+
+# Adds a Copy button after each block marked data-copy, where the browser lets a page write to the
+# clipboard (https, or localhost); elsewhere, and without scripts, the text is selected by hand.
+SCRIPT: Final = """
+if (navigator.clipboard) {
+  for (const block of document.querySelectorAll("pre[data-copy]")) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy";
+    button.textContent = "Copy";
+    button.setAttribute("aria-label", "Copy " + block.dataset.copy);
+    button.addEventListener("click", () => {
+      navigator.clipboard.writeText(block.textContent).then(
+        () => { button.textContent = "Copied"; },
+        () => { button.textContent = "Select and copy it by hand"; },
+      );
+    });
+    block.after(button);
+  }
+}
+"""
+# CSP Level 3 §8.4: a hash source is the base64 SHA-256 of the script element's text, exactly.
+SCRIPT_SOURCE: Final = "'sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode() + "'"
 
 
 class Html(str):
@@ -71,6 +100,15 @@ def tags_for(page_url: str, endpoint: str, policy: Policy) -> Tags:
         raise EndpointError(f"The host name {host} is not valid.")
     if parts.username is not None:
         raise EndpointError("The URL contains a user name or password; pingforward does not send credentials.")
+    own = urlsplit(page_url)
+    if (host, parts.port or SCHEME_PORTS[parts.scheme.lower()]) == (
+        own.hostname,
+        own.port or SCHEME_PORTS.get(own.scheme, 80),
+    ):
+        raise EndpointError(
+            "That is this pingforward instance itself, which refuses to forward pings to itself. "
+            'Enter the Webmention endpoint of your site (its rel="webmention" link).'
+        )
     try:  # the same rules the proxy applies before forwarding; host names are not resolved here
         policy.check_url(endpoint)
     except Refused as exc:
@@ -103,6 +141,7 @@ _ROW: Final = Template(
 
 
 def _fault_rows(codes: Iterable[FaultCode]) -> Html:
+    """One row per Pingback fault code; the XML-RPC ones (negative) are the sender's bugs, summed up in one line."""
     return Html(
         "\n".join(
             _fill(
@@ -144,13 +183,18 @@ def _policy(settings: Settings) -> Html:
 _RESULT: Final = Template("""<section aria-labelledby="result-heading">
 <h2 id="result-heading">Your tags</h2>
 <p>Put this element in the <code>&lt;head&gt;</code> of every page that should receive pingbacks:</p>
-<pre><code id="link-tag">$link</code></pre>
+<pre data-copy="the link element"><code id="link-tag">$link</code></pre>
 <p>Or send this HTTP header with those pages. If you use both, keep them identical; senders prefer the header.</p>
-<pre><code id="header-line">$header</code></pre>
+<pre data-copy="the header"><code id="header-line">$header</code></pre>
 <p>Copy the element as it is: <code>rel</code> before <code>href</code>, double quotes. WordPress reads the
 first <code>href</code> after <code>rel="pingback"</code> literally, so any other order or quoting can send
-your pings elsewhere. Then run <code>pingforward check https://your.site/a-post</code> to confirm.</p>
+your pings elsewhere.</p>
 </section>""")
+
+_EXAMPLE: Final = Template("""<div class="example" id="example">
+<p>For example, with the endpoint <code>$endpoint</code> your pages would carry:</p>
+<pre><code id="example-tag">$link</code></pre>
+</div>""")
 
 _ERROR: Final = Template('<p class="error" id="endpoint-error" role="alert"><strong>Not usable:</strong> $message</p>')
 
@@ -203,6 +247,13 @@ tbody th { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-weight
   td[data-label]::before { content: attr(data-label) ": "; color: var(--muted); }
 }
 footer { margin-top: 2.5rem; color: var(--muted); font-size: 0.95rem; }
+details { margin-top: 0.75rem; }
+summary { cursor: pointer; color: var(--accent); font-weight: 600; }
+.example { margin-top: 1rem; }
+.example p { color: var(--muted); margin-bottom: 0.3rem; }
+pre { margin-bottom: 0.4rem; }
+button.copy { min-height: 2.25rem; padding: 0.3rem 0.9rem; background: var(--code); color: var(--fg);
+  border: 1px solid var(--line); }
 </style>
 </head>
 <body>
@@ -229,12 +280,20 @@ result.</p>
 </div>
 </form>
 $error$result
+<h3 id="check-heading">Check it</h3>
+<p>Once your pages carry the tag, check a post of your site with the <code>pingforward</code> command;
+<a href="https://pipx.pypa.io/">pipx</a> installs it (Python 3.11 or later), no clone needed:</p>
+<pre data-copy="the commands"><code id="check-commands">$install
+pingforward check --ping https://your.site/a-post</code></pre>
 </section>
 
 <section aria-labelledby="faults-heading">
 <h2 id="faults-heading">What senders get back</h2>
-<p>Every answer is HTTP 200 with an XML-RPC response, as XML-RPC requires, so senders can read the fault code.
-Your endpoint's JSON <code>error</code> picks the code; failures to reach it are 50.</p>
+<p>The sender gets your endpoint's answer: success for any 2xx, else a Pingback fault code picked by your
+endpoint's JSON <code>error</code>; 49 when this instance refuses the forward URL, 50 when your endpoint
+cannot be reached or fails.</p>
+<details>
+<summary>Every fault code, and what WordPress does next</summary>
 <div class="table">
 <table>
 <caption>Pingback fault codes</caption>
@@ -247,6 +306,9 @@ $faults
 </tbody>
 </table>
 </div>
+<p>Negative codes (−32700 to −32601) are XML-RPC errors: the sender's request was broken, and it never
+reached your endpoint.</p>
+</details>
 </section>
 
 <section aria-labelledby="policy-heading">
@@ -258,6 +320,7 @@ $policy
 <p>pingforward $version · <a href="$project">source and documentation</a></p>
 </footer>
 </main>
+<script>$script</script>
 </body>
 </html>
 """)
@@ -266,7 +329,10 @@ $policy
 def render(page_url: str, endpoint: str | None, settings: Settings) -> tuple[int, str]:
     """The page at `page_url` (no query), with tags for `endpoint` if one was submitted: (status, html)."""
     result, error = Html(""), Html("")
-    if endpoint is not None:
+    if endpoint is None:  # what a site's tag looks like, before anything is typed
+        example = Tags(f"{page_url}?forward={quote(EXAMPLE_ENDPOINT, safe='')}")
+        result = _fill(_EXAMPLE, endpoint=EXAMPLE_ENDPOINT, link=example.link)
+    else:
         try:
             tags = tags_for(page_url, endpoint, settings.policy)
         except EndpointError as exc:
@@ -281,7 +347,9 @@ def render(page_url: str, endpoint: str | None, settings: Settings) -> tuple[int
         invalid=Html(' aria-invalid="true"') if error else Html(""),
         error=error,
         result=result,
-        faults=_fault_rows(FaultCode),
+        faults=_fault_rows(code for code in FaultCode if code >= 0),
+        script=Html(SCRIPT),
+        install=INSTALL,
         policy=_policy(settings),
         version=__version__,
         project=PROJECT_URL,

@@ -19,6 +19,7 @@ from pingforward.config import LogFormat
 from pingforward.pingback import FaultCode
 
 MAX_FIELD: Final = 512  # long enough for a URL, short enough that one ping stays one readable line
+MAX_EXAMPLE: Final = 200  # of an unusable query string: enough to see what the tag looked like
 _NOT_BARE: Final = re.compile(r'[^\x21-\x7e]|["=\\]')  # not printable ASCII, or a quote, "=" or backslash
 
 
@@ -35,6 +36,7 @@ class PingLine:
     ms: float
     request_id: str | None = None
     agent: str | None = None
+    reason: str | None = None  # a fault's message: which rule refused the ping, or what the receiver said
 
     def fields(self) -> dict[str, str | int | float | None]:
         """The line's fields in a fixed order, untrusted strings cut to `MAX_FIELD`."""
@@ -48,11 +50,12 @@ class PingLine:
             "ms": round(self.ms, 1),
             "request_id": None if self.request_id is None else self.request_id[:MAX_FIELD],
             "agent": None if self.agent is None else self.agent[:MAX_FIELD],
+            "reason": None if self.reason is None else self.reason[:MAX_FIELD],
         }
 
     def text(self) -> str:
         """`fields()` as `key=value` pairs (logfmt style): absent values are `-`, and fields absent
-        from the request (request_id, agent) are left out."""
+        from the request (request_id, agent) or the outcome (reason) are left out."""
         text = (
             f"ping client={_quote(self.client)} forward_host={_quote(self.forward_host[:MAX_FIELD])} "
             f"source={_quote(self.source[:MAX_FIELD])} target={_quote(self.target[:MAX_FIELD])} "
@@ -63,6 +66,8 @@ class PingLine:
             text += f" request_id={_quote(self.request_id[:MAX_FIELD])}"
         if self.agent is not None:
             text += f" agent={_quote(self.agent[:MAX_FIELD])}"
+        if self.reason is not None:
+            text += f" reason={_quote(self.reason[:MAX_FIELD])}"
         return text
 
 
@@ -99,6 +104,30 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
     return JsonFormatter() if log_format is LogFormat.JSON else TextFormatter()
 
 
+UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.access")  # the ones uvicorn gives handlers; uvicorn.error propagates
+
+
+def json_for_uvicorn() -> None:
+    """Give uvicorn's handlers (set up before the app is loaded) the JSON formatter, so that every line is JSON."""
+    for name in UVICORN_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+def uvicorn_log_config(log_format: LogFormat) -> dict[str, object] | None:
+    """uvicorn's own logging configuration with `log_format` (None: uvicorn's default, for text).
+
+    For `pingforward serve`: with several workers, uvicorn's supervising process logs without ever
+    loading the app, so only its configuration can make those lines JSON.
+    """
+    if log_format is not LogFormat.JSON:
+        return None
+    from uvicorn.config import LOGGING_CONFIG
+
+    as_json = {"()": f"{__name__}.JsonFormatter"}
+    return {**LOGGING_CONFIG, "formatters": {"default": as_json, "access": as_json}}
+
+
 class PingLog:
     """Writes ping lines to standard output (or `stream`), in the same formats as the formatters above.
 
@@ -118,10 +147,14 @@ class PingLog:
         self._pending: list[PingLine | str] = []  # formatted when written
         self._summary_seconds = summary_seconds
         self._unroutable = 0
+        self._example = b""  # the first unusable query string of the window
         self._summary: asyncio.TimerHandle | None = None
 
-    def unroutable(self) -> None:
-        """Count a request without a usable `forward` parameter; one line sums them up per minute."""
+    def unroutable(self, query: bytes = b"") -> None:
+        """Count a request without a usable `forward` parameter; one line sums them up per minute,
+        with the first one's query string as an example of what such tags look like."""
+        if not self._unroutable:
+            self._example = query[: MAX_EXAMPLE * 4]  # kept short: the rest is never shown
         self._unroutable += 1
         if self._summary is None:
             try:
@@ -139,6 +172,9 @@ class PingLog:
         count, self._unroutable = self._unroutable, 0
         if not count:
             return
+        # A stranger's bytes: decoded byte for byte, cut, and always JSON-quoted with every
+        # control and non-ASCII character escaped, so the example cannot break or forge a line.
+        example = self._example.decode("latin-1")[:MAX_EXAMPLE]
         if self._json:
             entry = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -146,10 +182,14 @@ class PingLog:
                 "logger": self.name,
                 "event": "unroutable",
                 "count": count,
+                "example": example,
             }
-            self._add(json.dumps(entry))
+            self._add(json.dumps(entry, ensure_ascii=True))
         else:
-            self._add(f"INFO {self.name}: unroutable count={count} (no usable forward parameter; fault 0)")
+            quoted = json.dumps(example, ensure_ascii=True)
+            self._add(
+                f"INFO {self.name}: unroutable count={count} example={quoted} (no usable forward parameter; fault 0)"
+            )
 
     def format(self, line: PingLine) -> str:
         if not self._json:

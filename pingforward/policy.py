@@ -167,17 +167,20 @@ def _url_refusal(policy: Policy, url: str) -> str | None:
         port = parts.port or SCHEME_PORTS[parts.scheme]
     except ValueError:
         return "the URL has an invalid port"
+    # Every rule that refuses the URL is named, so that one answer lists every setting to change
+    # (a receiver on http://127.0.0.1:5000/ needs two).
+    reasons = []
     if policy.allowed_ports is not None and port not in policy.allowed_ports:
-        return f"port {port} is not allowed (PINGFORWARD_ALLOWED_PORTS)"
+        reasons.append(f"port {port} is not allowed (PINGFORWARD_ALLOWED_PORTS)")
     if policy.allowed_hosts and not _host_allowed(host, policy.allowed_hosts):
-        return f"host {host} is not allowed (PINGFORWARD_ALLOWED_HOSTS)"
+        reasons.append(f"host {host} is not allowed (PINGFORWARD_ALLOWED_HOSTS)")
     literal = host_literal(host)
     if literal is not None:
         try:
             policy.check_address(literal)
         except Refused as exc:
-            return exc.reason
-    return None
+            reasons.append(exc.reason)
+    return "; ".join(reasons) or None
 
 
 def _address_refusal(address: str) -> str | None:

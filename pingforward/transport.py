@@ -10,6 +10,7 @@ are pool.py's, not httpcore's (bench/README.md has the numbers behind that).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import ssl
 import sys
@@ -123,8 +124,12 @@ def make_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
 
     Give it the worker's `transport` to share its connections; closing the client closes it.
     """
+    if transport is None:
+        # PINGFORWARD_ALLOWED_HOSTS names where pings are forwarded to (make_transport's policy);
+        # the sender and `check` fetch and notify other sites, under every other rule.
+        transport = PolicyTransport(dataclasses.replace(settings.policy, allowed_hosts=frozenset()), LIMITS)
     return Client(
-        transport=make_transport(settings) if transport is None else transport,
+        transport=transport,
         # No proxies or .netrc from the environment: we POST to URLs that strangers name.
         trust_env=False,
         follow_redirects=False,

@@ -59,8 +59,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
+    yield from _browser()
+
+
+def _browser(scripts: bool = True) -> Iterator[webdriver.Chrome]:
     assert CHROMIUM and CHROMEDRIVER
     options = webdriver.ChromeOptions()
+    if not scripts:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="pingforward-chromium-")
     for flag in (*FLAGS, f"--user-data-dir={profile}", "--window-size=1280,900"):
@@ -81,10 +87,14 @@ def after_submit(driver: webdriver.Chrome, element_id: str) -> WebElement:
     return found
 
 
-def screenshot(driver: webdriver.Chrome, name: str, width: int, tmp_path: Path) -> Path:
+def screenshot(driver: webdriver.Chrome, name: str, width: int, tmp_path: Path, scheme: str = "light") -> Path:
     """A full-page PNG at `width` CSS pixels, in $SCREENSHOT_DIR or the test's temporary directory."""
     folder = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
+    features = [{"name": "prefers-color-scheme", "value": scheme}]
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": features})
+    if scheme != "light":
+        name = f"{name}-{scheme}"
     metrics = {"width": width, "height": 800, "deviceScaleFactor": 1, "mobile": width < 600}
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -131,7 +141,65 @@ def test_bad_input_is_explained_not_executed(server: str, browser: webdriver.Chr
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     error = after_submit(browser, "endpoint-error").text
     assert "full URL" in error
-    assert browser.find_elements(By.TAG_NAME, "script") == []
+    assert len(browser.find_elements(By.TAG_NAME, "script")) == 1  # the page's own, nothing injected
     assert browser.find_elements(By.ID, "link-tag") == []
     assert browser.find_element(By.ID, "endpoint").get_attribute("aria-invalid") == "true"
     screenshot(browser, "error", 375, tmp_path)
+
+
+def test_example_tag_and_copy_buttons(server: str, browser: webdriver.Chrome, tmp_path: Path) -> None:
+    browser.get(server + "/")
+    # Before anything is typed, an example shows what the tag looks like.
+    example = browser.find_element(By.ID, "example-tag").text
+    assert example.startswith(f'<link rel="pingback" href="{server}/?forward=https%3A%2F%2Fwebmention.io')
+    assert browser.find_elements(By.ID, "link-tag") == []
+    # The fault table is folded away until asked for.
+    assert not browser.find_element(By.CSS_SELECTOR, "details table").is_displayed()
+    for width in (1280, 375):
+        for scheme in ("light", "dark"):
+            screenshot(browser, "landing", width, tmp_path, scheme)
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 375
+
+    browser.find_element(By.ID, "endpoint").send_keys(ENDPOINT)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    link = after_submit(browser, "link-tag").text
+    # The script ran (the policy allows its hash) and put a Copy button after each block.
+    buttons = browser.find_elements(By.CSS_SELECTOR, "button.copy")
+    assert [b.get_attribute("aria-label") for b in buttons] == [
+        "Copy the link element",
+        "Copy the header",
+        "Copy the commands",
+    ]
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {"origin": server, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
+    )
+    buttons[0].click()
+    WebDriverWait(browser, 10).until(lambda driver: buttons[0].text == "Copied")
+    copied = browser.execute_async_script("navigator.clipboard.readText().then(arguments[0])")
+    assert copied == link
+    for width in (1280, 375):
+        for scheme in ("light", "dark"):
+            screenshot(browser, "result", width, tmp_path, scheme)
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 375
+
+
+def test_usable_without_scripts(server: str, tmp_path: Path) -> None:
+    for driver in _browser(scripts=False):
+        driver.get(server + "/")
+        driver.find_element(By.ID, "endpoint").send_keys(ENDPOINT)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        link = after_submit(driver, "link-tag").text
+        assert link.startswith('<link rel="pingback" href="')
+        assert driver.find_elements(By.CSS_SELECTOR, "button.copy") == []  # nothing that would not work
+        screenshot(driver, "no-script", 375, tmp_path)
+
+
+def test_an_endpoint_at_this_proxy_is_refused(server: str, browser: webdriver.Chrome, tmp_path: Path) -> None:
+    browser.get(server + "/")
+    browser.find_element(By.ID, "endpoint").send_keys(server + "/webmention")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    error = after_submit(browser, "endpoint-error").text
+    assert "this pingforward instance itself" in error
+    assert browser.find_elements(By.ID, "link-tag") == []
+    screenshot(browser, "itself", 375, tmp_path)

@@ -84,7 +84,14 @@ CLASSIFY_CASES = [
     (200, j(result=""), None, Outcome(DEFAULT_OK, None, 200)),
     (200, j(result=["not", "a", "string"]), None, Outcome(DEFAULT_OK, None, 200)),
     (200, b"[1, 2]", None, Outcome(DEFAULT_OK, None, 200)),
-    (202, j(result="No fault found, default path"), None, Outcome("No f%61ult found, def%61ult path", None, 202)),
+    # node's pingback client fails any answer containing "fault": an invisible word joiner in prose,
+    # "%61" for the "a" in a URL.
+    (
+        202,
+        j(result="No fault found, default path at https://wm.example/default?x=FAULT"),
+        None,
+        Outcome("No fa\u2060ult found, defa\u2060ult path at https://wm.example/def%61ult?x=F%41ULT", None, 202),
+    ),
     (
         303,
         b"",

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
 import re
 import xmlrpc.client
 from collections.abc import AsyncIterator
@@ -17,7 +20,7 @@ from hypothesis.provisional import urls
 from pingforward.app import create_app
 from pingforward.config import Settings
 from pingforward.forward import parse_forward
-from pingforward.landing import EndpointError, render, tags_for
+from pingforward.landing import EXAMPLE_ENDPOINT, INSTALL, EndpointError, render, tags_for
 from pingforward.pingback import FaultCode
 from pingforward.policy import Policy
 from tests.servers import run_cli_server
@@ -59,6 +62,9 @@ REFUSED = [
     pytest.param("https://example.com:99999/", "invalid port", id="port"),
     pytest.param("https://user:pw@example.com/", "password", id="userinfo"),
     pytest.param("https://example.com/" + "a" * 2100, "longer than 2048", id="long"),
+    # The proxy refuses a forward URL that names itself (app.destination): so does the form.
+    pytest.param("https://pf.example/webmention", "this pingforward instance itself", id="itself"),
+    pytest.param("https://PF.example:443/?forward=x", "this pingforward instance itself", id="itself-port"),
 ]
 
 
@@ -93,7 +99,7 @@ def test_any_input_gets_an_answer(endpoint: str) -> None:
     status, page = render(PAGE, endpoint, Settings())
     assert status in (200, 400)
     assert ('id="link-tag"' in page) is (status == 200)
-    assert "<script" not in page
+    assert page.count("<script") == 1  # the page's own
 
 
 # (settings, typed endpoint, words the explanation must contain; None: tags are shown)
@@ -139,21 +145,34 @@ def test_policy_rendered() -> None:
     assert "<li>Addresses in private networks: allowed</li>" in page
 
 
-def test_fault_table_lists_every_code() -> None:
+def test_fault_table_lists_what_site_owners_act_on() -> None:
     _, page = render(PAGE, None, Settings())
     rows = re.findall(r'<tr><th scope="row">(-?\d+)</th><td>([^<]*)</td><td class="names"[^>]*>([^<]*)</td>', page)
-    assert [int(code) for code, _, _ in rows] == [int(code) for code in FaultCode]
+    # The Pingback codes, folded away; the XML-RPC ones (the sender's own errors) in one sentence.
+    assert [int(code) for code, _, _ in rows] == [int(code) for code in FaultCode if code >= 0]
+    assert page.index("<details>") < page.index('<th scope="row">17</th>') < page.index("</details>")
+    assert "Negative codes (−32700 to −32601) are XML-RPC errors" in page
     assert ("17", FaultCode.NO_LINK.message, "no_link_found") in rows
     assert re.search(r'<th scope="row">48</th>.*?marks the link pinged', page)
+
+
+def test_example_tag_before_anything_is_entered() -> None:
+    status, page = render(PAGE, None, Settings())
+    assert status == 200 and 'id="link-tag"' not in page
+    example = re.search(r'<code id="example-tag">(.*?)</code>', page)
+    assert example is not None
+    href = html.unescape(example[1]).removeprefix('<link rel="pingback" href="').removesuffix('">')
+    assert parse_forward(urlsplit(href).query) == EXAMPLE_ENDPOINT
+    assert f'<code id="check-commands">{INSTALL}\npingforward check' in page  # no clone needed
 
 
 def test_injection_is_escaped() -> None:
     hostile = '"><script>alert(1)</script><input value="'
     status, page = render(PAGE, hostile, Settings())
     assert status == 400
-    assert "<script>" not in page and 'value="&quot;&gt;&lt;script&gt;' in page
+    assert "<script>alert" not in page and 'value="&quot;&gt;&lt;script&gt;' in page
     status, page = render(PAGE, "https://e.example/" + hostile.replace(" ", ""), Settings())
-    assert status == 200 and "<script>" not in page
+    assert status == 200 and "<script>alert" not in page
     assert "%3Cscript%3E" in page  # percent-encoded inside the tag
 
 
@@ -184,7 +203,11 @@ async def test_page_served(path: str) -> None:
         head = await client.head(path)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/html; charset=utf-8"
-    assert "script-src" not in response.headers["content-security-policy"]  # default-src 'none' covers it
+    # One script, allowed by its hash: the one in the page.
+    (script,) = re.findall(r"<script>(.*?)</script>", response.text, re.S)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    policy = [rule.strip() for rule in response.headers["content-security-policy"].split(";")]
+    assert f"script-src 'sha256-{digest}'" in policy and "default-src 'none'" in policy
     link, header, error = page_parts(response.text)
     expected = f"https://pf.example{path}?forward=https%3A%2F%2Fexample.com%2Fwm"
     assert link == f"&lt;link rel=&quot;pingback&quot; href=&quot;{expected}&quot;&gt;"

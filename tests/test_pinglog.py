@@ -15,8 +15,8 @@ import respx
 
 from pingforward.config import LogFormat
 from pingforward.pingback import FaultCode
-from pingforward.pinglog import JsonFormatter, PingLine, PingLog
-from tests.servers import run_cli_server
+from pingforward.pinglog import MAX_EXAMPLE, JsonFormatter, PingLine, PingLog
+from tests.servers import LOCAL_ENV, _running, free_port, procfile_command, run_cli_server
 
 LINE = PingLine(
     client="203.0.113.9",
@@ -82,13 +82,16 @@ def test_json_line() -> None:
         "ms": 12.3,
         "request_id": "f00-ba4",
         "agent": "WordPress/6.5; https://a.example",
+        "reason": None,
     }
 
 
 @pytest.mark.parametrize("value", HOSTILE)
 @pytest.mark.parametrize("log", [TEXT, JSON], ids=["text", "json"])
 def test_untrusted_values_stay_on_one_line(value: str, log: PingLog) -> None:
-    line = PingLine("-", "x", value, value, 400, FaultCode.UPSTREAM_ERROR, 1.0, request_id=value, agent=value)
+    line = PingLine(
+        "-", "x", value, value, 400, FaultCode.UPSTREAM_ERROR, 1.0, request_id=value, agent=value, reason=value
+    )
     output = log.format(line)
     assert len(output.splitlines()) == 1 and output.isprintable()
     if log is JSON:
@@ -151,7 +154,21 @@ async def test_app_logs_one_line_per_ping(
     assert float(delivered["ms"]) >= 0
     assert (refused["forward_host"], refused["status"], refused["outcome"]) == ("10.1.2.3", "-", "16")
     assert "request_id" not in refused
+    assert json.loads(refused["reason"]) == "The source URI is not an absolute http(s) URL."
     assert json.loads(refused["source"]) == "https://a.example/\nINFO forged"
+
+
+@pytest.mark.anyio
+async def test_a_refused_ping_names_the_rule(client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]) -> None:
+    await client.post("/?forward=http%3A%2F%2F10.1.2.3%3A5000%2Fwm", content=ping_body())
+    await asyncio.sleep(0)
+    (line,) = capsys.readouterr().out.splitlines()
+    fields = pairs(line)
+    assert fields["outcome"] == "49"
+    assert json.loads(fields["reason"]) == (
+        "forward refused: port 5000 is not allowed (PINGFORWARD_ALLOWED_PORTS); "
+        "private address 10.1.2.3 (PINGFORWARD_ALLOW_PRIVATE_NETWORKS)"
+    )
 
 
 @pytest.mark.anyio
@@ -159,8 +176,10 @@ async def test_app_logs_one_line_per_ping(
 async def test_unroutable_requests_are_summed_up_once_per_window(log: str) -> None:
     stream = Stream()
     ping_log = PingLog(LogFormat(log), stream, summary_seconds=0.05)
-    for _ in range(3):
-        ping_log.unroutable()
+    # The first query of the window is the example: escaped, and cut to MAX_EXAMPLE characters.
+    first = b'forward=webmention.io%2Fx&"\n\xe9' + b"a" * 1000
+    for query in (first, b"forward=second", b""):
+        ping_log.unroutable(query)
     await asyncio.sleep(0)
     assert stream.getvalue() == ""  # nothing per request
     await asyncio.sleep(0.2)  # the window closes: one line for all three
@@ -168,8 +187,12 @@ async def test_unroutable_requests_are_summed_up_once_per_window(log: str) -> No
     if log == "json":
         entry = json.loads(line)
         assert (entry["event"], entry["count"], entry["logger"]) == ("unroutable", 3, "pingforward.app")
+        example = entry["example"]
     else:
-        assert line == "INFO pingforward.app: unroutable count=3 (no usable forward parameter; fault 0)"
+        start, end = "INFO pingforward.app: unroutable count=3 example=", " (no usable forward parameter; fault 0)"
+        assert line.startswith(start) and line.endswith(end) and line.isascii()
+        example = json.loads(line.removeprefix(start).removesuffix(end))
+    assert example == first.decode("latin-1")[:MAX_EXAMPLE]
     ping_log.summarize()  # nothing new: nothing written
     await asyncio.sleep(0)
     assert len(stream.getvalue().splitlines()) == 1
@@ -260,4 +283,24 @@ def test_served_log_lines(tmp_path: Path, log_format: LogFormat, args: list[str]
     else:
         assert lines[0].startswith("INFO pingforward.app: ping client=127.0.0.1 forward_host=127.0.0.1 ")
         assert 'source="https://a.example/\\nINFO forged"' in lines[0] and " outcome=16 " in lines[0]
-        assert summaries == ["INFO pingforward.app: unroutable count=1 (no usable forward parameter; fault 0)"]
+        assert summaries == [
+            'INFO pingforward.app: unroutable count=1 example="" (no usable forward parameter; fault 0)'
+        ]
+
+
+@pytest.mark.parametrize("how", ["procfile", "serve-two-workers"])
+def test_every_line_is_json(tmp_path: Path, how: str) -> None:
+    # uvicorn's own lines (start, stop, its supervising process with two workers) included.
+    env = {**LOCAL_ENV, "PINGFORWARD_LOG_FORMAT": "json"}
+    if how == "procfile":
+        port = free_port()
+        running = _running(procfile_command(port), port, env, tmp_path / "procfile.log")
+    else:
+        running = run_cli_server(tmp_path, "--workers", "2", env=env)
+    with running as server:
+        httpx.post(server.base + "/?forward=http%3A%2F%2F127.0.0.1%3A9%2Fwm", content=ping_body(), trust_env=False)
+    lines = server.output().splitlines()
+    entries = [json.loads(line) for line in lines]  # fails on the first line that is not JSON
+    loggers = {entry["logger"] for entry in entries}
+    assert "uvicorn.error" in loggers and "pingforward.app" in loggers, lines
+    assert any(entry["message"].startswith("Started server process") for entry in entries if "message" in entry)

@@ -104,6 +104,17 @@ URL_CASES = [
     (Policy(allowed_ports=frozenset({9000})), "https://site.example/", "port 443 is not allowed"),
     (Policy(allow_private_networks=True), "http://127.0.0.1:8080/", None),
     (Policy(allow_private_networks=True), "http://127.0.0.1:5000/", "port 5000"),
+    (
+        DEFAULT,
+        "http://127.0.0.1:5000/",
+        "port 5000 is not allowed (PINGFORWARD_ALLOWED_PORTS); loopback address 127.0.0.1 "
+        "(PINGFORWARD_ALLOW_PRIVATE_NETWORKS)",
+    ),
+    (
+        Policy(allowed_hosts=frozenset({"site.example"})),
+        "http://10.0.0.1:5000/",
+        "PINGFORWARD_ALLOWED_PORTS); host 10.0.0.1 is not allowed (PINGFORWARD_ALLOWED_HOSTS); private",
+    ),
     (Policy(allowed_hosts=frozenset({"site.example"})), "https://site.example/wm", None),
     (Policy(allowed_hosts=frozenset({"site.example"})), "https://SITE.example./wm", None),
     (

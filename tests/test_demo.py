@@ -1,0 +1,58 @@
+"""Local use: `make demo` sends one real ping through, `make run` takes a port and logs one line per ping."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+import xmlrpc.client
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from pingforward.cli import main
+from pingforward.demo import SOURCE, TARGET
+from tests.servers import LOCAL_ENV, ROOT, _running, free_port, receiver
+
+
+def make_dry_run(*args: str) -> list[str]:
+    """The commands `make` would run, without running them."""
+    # Also when the tests run under `make test`: not as a sub-make, which would print directories.
+    environ = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    command = ["make", "-n", "--no-print-directory", *args]
+    done = subprocess.run(command, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout.splitlines()
+
+
+def test_demo_shows_one_ping_all_the_way(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"], environ={}) == 0
+    out = capsys.readouterr().out
+    steps = [line for line in out.splitlines() if line[:2] in {f"{n}." for n in range(1, 7)}]
+    assert [line[0] for line in steps] == list("123456")
+    assert "PINGFORWARD_ALLOW_PRIVATE_NETWORKS=true" in steps[1] and "PINGFORWARD_ALLOWED_PORTS=" in steps[1]
+    assert f"POST: source={SOURCE}, target={TARGET}" in steps[4]
+    assert steps[5] == "6. The blog was told: success: 'Webmention accepted by the demo receiver'"
+    (log,) = [line for line in out.splitlines() if " ping client=" in line]  # the proxy's own line
+    assert "status=202 outcome=ok" in log
+
+
+def test_make_demo_runs_the_demo() -> None:
+    assert make_dry_run("demo")[-1] == ".venv/bin/pingforward demo"
+
+
+def test_make_run_takes_a_port_and_logs_one_line_per_ping(tmp_path: Path) -> None:
+    port = free_port()
+    command = shlex.split(make_dry_run("run", f"PORT={port}")[-1])
+    assert command[-2:] == ["--port", str(port)]
+    with receiver() as wm, _running(command, port, LOCAL_ENV, tmp_path / "run.log") as server:
+        with xmlrpc.client.ServerProxy(f"{server.base}/?forward={quote(wm.url + '/ok', safe='')}") as proxy:
+            assert proxy.pingback.ping(SOURCE, TARGET) == "Webmention accepted"
+        for _ in range(50):  # the line is written at the end of the event loop's turn
+            if " ping client=" in server.output():
+                break
+            time.sleep(0.1)
+        lines = [line for line in server.output().splitlines() if "/?forward=" in line or " ping " in line]
+    # uvicorn's access log would add a second line ("POST /?forward=... HTTP/1.1" 200) for the same ping.
+    assert len(lines) == 1 and "outcome=ok" in lines[0], server.output()
