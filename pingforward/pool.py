@@ -361,7 +361,8 @@ class Pool(httpx.AsyncBaseTransport):
         return httpx.Response(
             connection.status,
             headers=connection.headers,
-            stream=_Body(self, connection, timeout.get("read")),
+            # "body": a bound on each wait for the body alone, for callers whose head wait has none.
+            stream=_Body(self, connection, timeout.get("body", timeout.get("read"))),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
         )
 

@@ -46,7 +46,8 @@ class Receiver:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """/ok, /created, /error/NAME, /status/N, /redirect/N/PATH, /hang, /big, /gzip-bomb, /endless."""
+    """/ok, /created, /error/NAME, /status/N, /redirect/N/PATH, /hang, /big, /gzip-bomb, /endless, and answers
+    whose status is all that can be read: /page, /stall/N, /identity-cut, /garbage, /huge-error."""
 
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -101,6 +102,26 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"HTTP/1.1 202 Accepted\r\n")
                 self.wfile.flush()
                 receiver.stop.wait(10)
+            case ["page"]:  # a CMS that answers with a whole HTML page
+                self._raw(200, b"<!doctype html><p>" + b"thanks " * (100 * 1024 // 7), "text/html")
+            case ["stall", code]:  # the head, a little of the body, then nothing
+                self.send_response(int(code))
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"error": ')
+                self.wfile.flush()
+                receiver.stop.wait(10)
+            case ["identity-cut"]:  # a body ended by closing the connection, before its end
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "identity")
+                self.end_headers()
+                self.wfile.write(b'{"result": "half')
+                self.wfile.flush()
+                self.close_connection = True
+            case ["garbage"]:
+                self._raw(202, b"\x00\xff<<not json", "application/json")
+            case ["huge-error"]:
+                self._raw(400, b'{"error": "no_link_found"' + b" " * (1024 * 1024) + b"}", "application/json")
             case ["gzip-bomb"]:
                 import gzip
 
@@ -112,6 +133,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(bomb)
             case _:
                 self._send(404, {"error": "not_found"})
+
+    def _raw(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the proxy stops reading a body it does not need
+            pass
 
     def _send(self, status: int, data: dict[str, str], headers: Mapping[str, str] | None = None) -> None:
         body = json.dumps(data).encode()

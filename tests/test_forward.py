@@ -98,9 +98,11 @@ CLASSIFY_CASES = [
         "https://site.example/mentions/1",
         Outcome("Pingback from https://blog.example/post to https://site.example/notes/42 was accepted.", None, 303),
     ),
-    # A 2xx whose JSON carries an error is a fault, as on webmention.io.
-    (200, j(error="no_link_found"), None, Outcome("no_link_found", FaultCode.NO_LINK, 200)),
-    (202, j(error="spam"), None, Outcome("spam", FaultCode.GENERIC, 202)),
+    # A 2xx is a success whatever its body says (Webmention §3.1.3), an `error` member included.
+    (200, j(error="no_link_found"), None, Outcome(DEFAULT_OK, None, 200)),
+    (202, j(error="spam", message="queued anyway"), None, Outcome("queued anyway", None, 202)),
+    (200, b"[" * 1000 + b"]" * 1000, None, Outcome(DEFAULT_OK, None, 200)),  # deeper than json's recursion
+    (400, b"[" * 100_000, None, Outcome("HTTP 400", FaultCode.GENERIC, 400)),
     # Named errors: webmention.io's `error` and the WordPress plugin's `code`.
     (
         400,
@@ -284,10 +286,13 @@ async def test_a_receiver_that_never_answers_is_cut_off_at_the_timeout() -> None
 
 
 @pytest.mark.anyio
-async def test_oversized_answer_is_fault_50(respx_mock: respx.MockRouter) -> None:
+async def test_an_oversized_answer_is_not_read_and_its_status_decides(respx_mock: respx.MockRouter) -> None:
     respx_mock.post(ENDPOINT).respond(202, content=b"x" * (MAX_ANSWER + 1))
-    outcome = await run()
-    assert outcome.fault is FaultCode.UPSTREAM_ERROR and "too large" in outcome.text
+    assert await run() == Outcome(DEFAULT_OK, None, 202)
+    respx_mock.post(ENDPOINT).respond(
+        403, content=b'{"error": "access_denied"}' + b" " * MAX_ANSWER, headers={"Content-Length": "99999"}
+    )
+    assert await run() == Outcome("HTTP 403", FaultCode.ACCESS_DENIED, 403)
 
 
 @pytest.mark.anyio
