@@ -23,7 +23,15 @@ from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pingforward.config import ConfigError, LogFormat, Settings
-from pingforward.forward import MAX_FORWARD_URL, ForwardError, Outcome, forward, parse_forward
+from pingforward.forward import (
+    HOW_TO_WRITE,
+    MAX_FORWARD_URL,
+    ForwardError,
+    Outcome,
+    forward,
+    parse_forward,
+    written_unencoded,
+)
 from pingforward.pingback import (
     LIST_METHODS,
     MAX_FAULT_STRING,
@@ -108,6 +116,7 @@ class Destination:
     host: str  # the forward URL's host, for the log ("-": none)
     unusable: Outcome | None = None
     refused: Outcome | None = None
+    hint: str | None = None  # for the log: how to write a forward URL that works but is written oddly
 
 
 def destination(query: str, own_origin: tuple[str | None, int], policy: Policy) -> Destination:
@@ -125,7 +134,7 @@ def destination(query: str, own_origin: tuple[str | None, int], policy: Policy) 
             raise Refused("the forward URL points at this proxy")
     except Refused as exc:
         return Destination(url, host, refused=Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED))
-    return Destination(url, host)
+    return Destination(url, host, hint=HOW_TO_WRITE if written_unencoded(query) else None)
 
 
 def _own_origin(scheme: str, host: str) -> tuple[str | None, int]:
@@ -311,7 +320,7 @@ class PingbackEndpoint:
                 ms=(time.perf_counter() - started) * 1000,
                 request_id=_text(headers.get(b"x-request-id")),
                 agent=_text(headers.get(b"user-agent")),
-                reason=None if outcome.fault is None else outcome.text,
+                reason=where.hint if outcome.fault is None else outcome.text,
             )
         )
         if outcome.fault is None:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, quote_plus, urljoin, urlsplit
 import httpx
 
 from pingforward.pingback import FaultCode, Ping, is_http_url
-from pingforward.policy import Refused
+from pingforward.policy import Refused, host_literal
 from pingforward.resolver import ResolveError
 from pingforward.transport import USER_AGENT, VIA
 from pingforward.watchdog import Watchdog
@@ -68,19 +68,60 @@ class ForwardError(ValueError):
     """The `forward` query parameter is missing or unusable (pingback fault 0)."""
 
 
+# The raw `forward` parameter, as it is written in the query string.
+_RAW_FORWARD: Final = re.compile(r"(?:^|&)forward=([^&]*)")
+_UNENCODED: Final = re.compile(r"https?://[^?]*\?", re.IGNORECASE)
+# RFC 1035 §2.3.1 labels, with the underscore that real host names carry; a numeric host is checked apart.
+_LABEL: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
+HOW_TO_WRITE: Final = "forward URL written without percent-encoding; write ?forward= with the URL encoded"
+
+
+def _written_unencoded(query: str) -> re.Match[str] | None:
+    raw = _RAW_FORWARD.search(query)
+    return raw if raw is not None and _UNENCODED.match(raw[1]) else None
+
+
+def written_unencoded(query: str) -> bool:
+    """Whether the query's forward URL was pasted without percent-encoding (it works; the log says how to write it)."""
+    return _written_unencoded(query.replace("&amp;", "&")) is not None
+
+
 def parse_forward(query: str) -> str:
     """Take the forward URL out of a raw query string, or raise `ForwardError`."""
     # WordPress copies the pingback href out of the page without decoding entities, so a
     # `<link href="...?a=1&amp;forward=...">` arrives as a literal `&amp;` (protocol.md §4.1).
-    values = parse_qs(query.replace("&amp;", "&"), keep_blank_values=True).get("forward", [])
-    if not values:
-        raise ForwardError(MISSING_FORWARD)
-    url = values[0].strip()
-    if len(values) > 1 or len(url) > MAX_FORWARD_URL or not is_http_url(url):
+    query = query.replace("&amp;", "&")
+    raw = _written_unencoded(query)
+    if raw is not None:
+        # A URL pasted without encoding: `?forward=http://site/wm?x=1&y=2`. The proxy owns no other
+        # parameter, so what follows the URL's own `?` in the raw query is the URL's, `&`s included.
+        url = query[raw.start(1) :].strip()
+    else:
+        values = parse_qs(query, keep_blank_values=True).get("forward", [])
+        if not values:
+            raise ForwardError(MISSING_FORWARD)
+        if len(values) > 1:
+            raise ForwardError(INVALID_FORWARD)
+        url = values[0].strip()
+    # U+FFFD: percent-escapes that are not UTF-8, decoded to a URL other than the one written.
+    if len(url) > MAX_FORWARD_URL or "\ufffd" in url or not is_http_url(url) or not _usable_host(url):
         raise ForwardError(INVALID_FORWARD)
     if urlsplit(url).username is not None:  # userinfo would be sent as credentials
         raise ForwardError(INVALID_FORWARD)
     return url
+
+
+def _usable_host(url: str) -> bool:
+    """Whether the URL's host is one a connection can be made to: an address, or a name DNS can carry."""
+    try:
+        host = _url(url).raw_host.decode("ascii")  # an IDN comes back in its xn-- form
+    except (httpx.InvalidURL, UnicodeError):
+        return False
+    if host_literal(host) is not None:
+        return True
+    name = host.removesuffix(".")
+    # RFC 1035 §2.3.4: at most 63 octets a label and 255 a name (253 written out).
+    return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
 def _json_object(body: bytes) -> dict[str, object]:

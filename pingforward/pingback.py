@@ -180,10 +180,10 @@ def _decoded_call(body: bytes) -> Call:
         parser.close()
     except (xml.parsers.expat.ExpatError, DefusedXmlException) as exc:
         raise Fault(FaultCode.PARSE_ERROR) from exc
+    except _INVALID_VALUE_ERRORS as exc:  # before LookupError: IndexError is one
+        raise Fault(FaultCode.INVALID_XMLRPC) from exc
     except LookupError as exc:  # <?xml encoding="..."?> names a codec Python does not have
         raise Fault(FaultCode.UNSUPPORTED_ENCODING) from exc
-    except _INVALID_VALUE_ERRORS as exc:
-        raise Fault(FaultCode.INVALID_XMLRPC) from exc
     method = unmarshaller.getmethodname()
     if unmarshaller.root != "methodCall" or method is None:
         raise Fault(FaultCode.INVALID_XMLRPC, "server error. invalid xml-rpc. not a methodCall")
@@ -280,10 +280,10 @@ def parse_answer(body: bytes) -> str | RemoteFault:
         return RemoteFault(code if isinstance(code, int) else str(code), str(fault.faultString))
     except (xml.parsers.expat.ExpatError, DefusedXmlException) as exc:
         raise Fault(FaultCode.PARSE_ERROR) from exc
+    except _INVALID_VALUE_ERRORS as exc:  # before LookupError: IndexError is one
+        raise Fault(FaultCode.INVALID_XMLRPC) from exc
     except LookupError as exc:
         raise Fault(FaultCode.UNSUPPORTED_ENCODING) from exc
-    except _INVALID_VALUE_ERRORS as exc:
-        raise Fault(FaultCode.INVALID_XMLRPC) from exc
     if unmarshaller.root != "methodResponse" or not values:
         raise Fault(FaultCode.INVALID_XMLRPC, "not a methodResponse")
     return str(values[0])

@@ -174,6 +174,9 @@ def _url_refusal(policy: Policy, url: str) -> str | None:
         reasons.append(f"port {port} is not allowed (PINGFORWARD_ALLOWED_PORTS)")
     if policy.allowed_hosts and not _host_allowed(host, policy.allowed_hosts):
         reasons.append(f"host {host} is not allowed (PINGFORWARD_ALLOWED_HOSTS)")
+    if not policy.allow_private_networks and (host == "localhost" or host.endswith(".localhost")):
+        # RFC 6761 §6.3: such names are loopback, whatever a resolver answers; refused before any lookup.
+        reasons.append(f"{host} is a loopback name (PINGFORWARD_ALLOW_PRIVATE_NETWORKS)")
     literal = host_literal(host)
     if literal is not None:
         try:

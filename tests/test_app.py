@@ -265,3 +265,28 @@ async def test_one_log_line_per_ping_with_escaped_values(
     assert line.isprintable() and "\\u2028FAKE\\u0085LINE" in line
     for part in ("client=203.0.113.7", "forward_host=site.example", "status=400", "outcome=17", "ms="):
         assert part in line
+
+
+@pytest.mark.anyio
+async def test_a_forward_url_pasted_unencoded_arrives_whole_and_the_log_says_how_to_write_it(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    route = respx_mock.post(f"{ENDPOINT}?x=1&y=2").respond(202, json={"result": "queued"})
+    assert read(await client.post(f"/?forward={ENDPOINT}?x=1&y=2", content=ping_body())) == "queued"
+    assert route.called
+    await asyncio.sleep(0)  # lines are written when the event loop comes round
+    (line,) = capsys.readouterr().out.splitlines()
+    assert "outcome=ok" in line and "percent-encoding" in line
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "forward",
+    ["http://a..b/wm", "http://" + "a" * 64 + ".example/", "http://%25ff.example/", "http://013.22.041.45/"],
+)
+async def test_an_unusable_forward_host_is_fault_0_without_a_traceback(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture, forward: str
+) -> None:
+    response = await client.post("/?forward=" + quote(forward, safe=""), content=ping_body())
+    assert read(response) == (FaultCode.GENERIC, "Invalid 'forward' parameter")
+    assert "Traceback" not in caplog.text and not respx_mock.calls

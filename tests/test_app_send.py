@@ -70,3 +70,17 @@ def test_send_token_setting() -> None:
         with pytest.raises(ConfigError, match="PINGFORWARD_SEND_TOKEN") as caught:
             Settings.from_environ({"PINGFORWARD_SEND_TOKEN": bad})
         assert bad not in str(caught.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("source", ["http://a..b/post", "http://" + "a" * 64 + ".example/", "http://localhost/post"])
+async def test_an_unusable_source_is_a_json_answer_not_an_internal_error(source: str) -> None:
+    from asgi_lifespan import LifespanManager
+
+    app = create_app(Settings(send_token=TOKEN))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pf.test") as client:
+            response = await client.post("/send", data={"source": source}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code in (422, 502)
+    assert response.json()["source"] == source and response.json()["error"]

@@ -147,7 +147,6 @@ DISGUISED = [
     "http://127.1:{port}/ok",
     "http://2130706433:{port}/ok",
     "http://0x7f000001:{port}/ok",
-    "http://0177.0.0.1:{port}/ok",
     "http://127.0.0.1.:{port}/ok",
     "http://0.0.0.0:{port}/ok",
     "http://0:{port}/ok",
@@ -164,7 +163,10 @@ def test_loopback_in_disguise_is_refused_by_default() -> None:
         for template in DISGUISED:
             answer = ping(base, template.format(port=port))
             assert isinstance(answer, tuple) and answer[0] == FaultCode.ACCESS_DENIED, (template, answer)
-            assert "address" in answer[1] and "PINGFORWARD_ALLOW_PRIVATE_NETWORKS" in answer[1]
+            assert "loopback" in answer[1] or "unspecified" in answer[1], (template, answer)
+            assert "PINGFORWARD_ALLOW_PRIVATE_NETWORKS" in answer[1]
+        # Dotted octal is no address an HTTP client writes (httpx refuses it): unusable, fault 0.
+        assert ping(base, f"http://0177.0.0.1:{port}/ok") == (FaultCode.GENERIC, "Invalid 'forward' parameter")
         assert wm.received == []
 
 

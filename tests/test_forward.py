@@ -18,6 +18,7 @@ from pingforward.forward import (
     classify,
     forward,
     parse_forward,
+    written_unencoded,
 )
 from pingforward.pingback import FaultCode, Ping
 from pingforward.transport import make_transport
@@ -35,6 +36,24 @@ FORWARD_CASES = [
     ("forward=https%3A%2F%2Fsite.example%2Fwm%3Fkey%3D1%26x%3D2", "https://site.example/wm?key=1&x=2"),
     ("a=1&amp;forward=https%3A%2F%2Fsite.example%2Fwm", "https://site.example/wm"),  # WordPress's &amp;
     ("forward=%20https%3A%2F%2Fsite.example%2Fwm%20", "https://site.example/wm"),
+    # Pasted without encoding: what follows the URL's own "?" is the URL's, "&" included (issue 12).
+    ("forward=https://site.example/wm?x=1&y=2", "https://site.example/wm?x=1&y=2"),
+    ("a=1&forward=https://site.example/wm?x=%2F&forward=3", "https://site.example/wm?x=%2F&forward=3"),
+    ("a=1&amp;forward=http://site.example/wm?x=1&amp;y=2", "http://site.example/wm?x=1&y=2"),
+    ("forward=https%3A%2F%2Fsite.example%2Fwm%3Fx%3D1&y=2", "https://site.example/wm?x=1"),  # encoded: y is ours
+    ("forward=https://m%C3%BCnchen.example/wm", "https://münchen.example/wm"),  # an IDN host
+    ("forward=https://11.22.33.44/wm", "https://11.22.33.44/wm"),
+    ("forward=https://[2001:db8::1]:8443/wm", "https://[2001:db8::1]:8443/wm"),
+    ("forward=https://_dmarc-ish.site.example/wm", "https://_dmarc-ish.site.example/wm"),
+    # Hosts no connection can be made to, and escapes that are not UTF-8: unusable, fault 0.
+    ("forward=http://a..b/", INVALID_FORWARD),
+    ("forward=http://" + "a" * 64 + ".example/", INVALID_FORWARD),
+    ("forward=http://" + "a." * 127 + "example/", INVALID_FORWARD),
+    ("forward=http://%25ff.example/", INVALID_FORWARD),
+    ("forward=http%3A%2F%2Fsite.example%2F%FF", INVALID_FORWARD),
+    ("forward=http://013.22.041.45/wm", INVALID_FORWARD),
+    ("forward=http://%E2%98%83%F0%9F%98%80.example/", INVALID_FORWARD),  # not IDNA 2008
+    ("forward=http://site.example:99999/", INVALID_FORWARD),
     ("", MISSING_FORWARD),
     ("foo=bar", MISSING_FORWARD),
     ("forward=", INVALID_FORWARD),
@@ -151,6 +170,13 @@ CLASSIFY_CASES = [
     (404, b"Not Found", None, Outcome("HTTP 404", FaultCode.GENERIC, 404)),
     (410, j(message="Gone"), None, Outcome("HTTP 410 Gone", FaultCode.GENERIC, 410)),
 ]
+
+
+def test_written_unencoded() -> None:
+    assert written_unencoded("forward=https://site.example/wm?x=1&y=2")
+    assert written_unencoded("a=1&amp;forward=http://site.example/wm?x=1")
+    assert not written_unencoded("forward=https://site.example/wm")
+    assert not written_unencoded("forward=https%3A%2F%2Fsite.example%2Fwm%3Fx%3D1")
 
 
 @pytest.mark.parametrize(("status", "body", "location", "expected"), CLASSIFY_CASES)

@@ -57,6 +57,11 @@ CASES = [
     pytest.param(load("pingback/dtd.xml"), FaultCode.PARSE_ERROR, id="dtd"),
     pytest.param(b"", FaultCode.PARSE_ERROR, id="empty"),
     pytest.param(
+        call("<struct><member><name>a</name></member></struct>", f"<string>{NOTE}</string>"),
+        FaultCode.INVALID_XMLRPC,
+        id="struct-member-without-value",
+    ),
+    pytest.param(
         b"<?xml version='1.0' encoding='klingon'?><methodCall/>", FaultCode.UNSUPPORTED_ENCODING, id="encoding"
     ),
     pytest.param(b"source=a&target=b", FaultCode.PARSE_ERROR, id="form-body"),
@@ -221,6 +226,11 @@ def test_clean_text_keeps_astral_characters() -> None:
     [
         (b"<html>nope</html>", FaultCode.INVALID_XMLRPC),
         (b"not xml", FaultCode.PARSE_ERROR),
+        (
+            b"<methodResponse><params><param><value><struct><member><name>a</name></member></struct>"
+            b"</value></param></params></methodResponse>",
+            FaultCode.INVALID_XMLRPC,
+        ),
         (
             xmlrpc.client.dumps(xmlrpc.client.Fault(48, "dup"), methodresponse=True).encode(),
             FaultCode.ALREADY_REGISTERED,

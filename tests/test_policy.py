@@ -96,6 +96,13 @@ URL_CASES = [
     (DEFAULT, "http://[::1]/", "loopback address ::1"),
     (DEFAULT, "http://[::ffff:127.0.0.1]/", "loopback (wrapped in IPv6)"),
     (DEFAULT, "http://169.254.169.254/latest/meta-data/", "link-local"),
+    # RFC 6761 §6.3: loopback by name, refused before any lookup.
+    (DEFAULT, "http://localhost/", "localhost is a loopback name (PINGFORWARD_ALLOW_PRIVATE_NETWORKS)"),
+    (DEFAULT, "http://LocalHost.:8080/", "localhost is a loopback name"),
+    (DEFAULT, "http://wm.site.localhost/", "wm.site.localhost is a loopback name"),
+    (DEFAULT, "http://localhost.site.example/", None),
+    (DEFAULT, "http://notlocalhost/", None),
+    (Policy(allow_private_networks=True), "http://localhost:8080/", None),
     (DEFAULT, "http://0.0.0.0/", "unspecified"),
     (DEFAULT, "http://10.0.0.1:8080/", "private"),
     (DEFAULT, "http://site.example:99999/", "invalid port"),
