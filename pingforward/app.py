@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import hmac
+import ipaddress
 import logging
 import os
 import sys
@@ -196,7 +197,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return await _send(request, token)
 
         routes.append(Route("/send", send_route, methods=["POST"], max_body_size=settings.max_body))
-    app = App(endpoint, routes=routes, lifespan=lifespan)
+    app = App(endpoint, settings.proxy_hops, routes=routes, lifespan=lifespan)
     # Never answer with a redirect: webmention.io's GET redirect to `forward` was an open redirect.
     app.router.redirect_slashes = False
     return app
@@ -214,15 +215,58 @@ class App(Starlette):
     takes the router, which leads to the same endpoint.
     """
 
-    def __init__(self, pingback: ASGIApp, **kwargs: Any) -> None:
+    def __init__(self, pingback: ASGIApp, proxy_hops: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pingback = pingback
+        self.proxy_hops = proxy_hops
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.proxy_hops and scope["type"] == "http":
+            _take_forwarded(scope, self.proxy_hops)
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in PINGBACK_PATHS:
             await self.pingback(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
+
+
+def forwarded_client(forwarded_for: str, hops: int) -> str | None:
+    """The client address that the `hops`-th proxy from us saw, from an X-Forwarded-For value.
+
+    Each proxy appends the address it was connected from (the de-facto X-Forwarded-For rule; RFC
+    7239 §5.2 for its Forwarded header), so only the last `hops` entries were written by proxies we
+    trust; anything before them is the sender's own writing. None when the value is short or odd.
+    """
+    entries = [entry.strip() for entry in forwarded_for.split(",")]
+    if hops > len(entries):
+        return None
+    entry = entries[-hops]
+    if entry.startswith("[") and "]" in entry:  # [2001:db8::1]:4711
+        entry = entry[1 : entry.index("]")]
+    elif entry.count(":") == 1:  # 192.0.2.1:4711
+        entry = entry.split(":")[0]
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        return None
+
+
+def _take_forwarded(scope: Scope, hops: int) -> None:
+    """The client and scheme the proxies in front of us saw, in place of the proxy's own connection."""
+    forwarded_for: list[bytes] = []
+    proto = b""
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-for":
+            forwarded_for.append(value)
+        elif name == b"x-forwarded-proto":
+            proto = value
+    if forwarded_for:
+        client = forwarded_client(b",".join(forwarded_for).decode("latin-1"), hops)
+        if client is not None:
+            scope["client"] = (client, 0)
+    # The nearest proxy sets it (a list, if several did: the last is the nearest's).
+    scheme = proto.decode("latin-1").rsplit(",", 1)[-1].strip().lower()
+    if scheme in ("http", "https"):
+        scope["scheme"] = scheme
 
 
 class _Gone(Exception):

@@ -114,6 +114,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         workers=args.workers,
         timeout_graceful_shutdown=20,
         access_log=False,
+        proxy_headers=False,  # the app reads them itself (PINGFORWARD_PROXY_HOPS)
+        http="pingforward.server:HttpToolsProtocol",  # bounded request heads, as under the Procfile
         log_config=uvicorn_log_config(settings.log_format) or uvicorn.config.LOGGING_CONFIG,
     )
     return 0

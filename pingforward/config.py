@@ -63,6 +63,8 @@ class Settings:
     allowed_ports: frozenset[int] | None = field(default=DEFAULT_PORTS)
     allow_private_networks: bool = False
     max_per_host: int = DEFAULT_MAX_PER_HOST
+    # Proxies in front that append to X-Forwarded-For: a PaaS router, or a VM's TLS reverse proxy.
+    proxy_hops: int = 1
     log_format: LogFormat = LogFormat.TEXT
     send_token: str | None = field(default=None, repr=False)  # POST /send is off without it
 
@@ -115,6 +117,7 @@ class Settings:
                 lambda v: 1 <= v <= MAX_PER_HOST_LIMIT,
                 f"must be an integer from 1 to {MAX_PER_HOST_LIMIT}",
             ),
+            proxy_hops=read("proxy_hops", int, 1, lambda v: 0 <= v <= 10, "must be an integer from 0 to 10"),
             log_format=read(
                 "log_format", lambda v: LogFormat(v.lower()), LogFormat.TEXT, anything, "must be text or json"
             ),

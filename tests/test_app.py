@@ -9,10 +9,12 @@ from urllib.parse import quote
 import httpx
 import pytest
 import respx
+from asgi_lifespan import LifespanManager
 from starlette.responses import PlainTextResponse
 
 from pingforward import app as app_module
 from pingforward import policy as policy_module
+from pingforward.app import create_app, forwarded_client
 from pingforward.config import Settings
 from pingforward.pingback import FaultCode
 from tests.conftest import load
@@ -290,3 +292,37 @@ async def test_an_unusable_forward_host_is_fault_0_without_a_traceback(
     response = await client.post("/?forward=" + quote(forward, safe=""), content=ping_body())
     assert read(response) == (FaultCode.GENERIC, "Invalid 'forward' parameter")
     assert "Traceback" not in caplog.text and not respx_mock.calls
+
+
+@pytest.mark.parametrize(
+    ("header", "hops", "client"),
+    [
+        ("6.6.6.6, 10.1.2.3", 1, "10.1.2.3"),  # the sender wrote 6.6.6.6; the router appended 10.1.2.3
+        ("6.6.6.6, 10.1.2.3", 2, "6.6.6.6"),
+        ("6.6.6.6,10.1.2.3 , 192.0.2.9", 1, "192.0.2.9"),
+        ("192.0.2.9:4711", 1, "192.0.2.9"),
+        ("[2001:db8::1]:4711", 1, "2001:db8::1"),
+        ("2001:db8::1", 1, "2001:db8::1"),
+        ("10.1.2.3", 2, None),  # fewer entries than proxies: not what the proxies wrote
+        ("unknown", 1, None),
+        ("", 1, None),
+        ("1.2.3.4, <script>", 1, None),
+    ],
+)
+def test_forwarded_client(header: str, hops: int, client: str | None) -> None:
+    assert forwarded_client(header, hops) == client
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("hops", "client"), [(0, "203.0.113.7"), (1, "10.1.2.3")])
+async def test_x_forwarded_for_is_read_only_behind_proxies(
+    hops: int, client: str, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(ENDPOINT).respond(202)
+    app = create_app(Settings(timeout=2.0, proxy_hops=hops))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 4711))
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy.test") as http:
+            headers = {"X-Forwarded-For": "6.6.6.6, 10.1.2.3"}
+            await http.post("/" + FORWARD, content=ping_body(), headers=headers)
+    assert route.calls.last.request.headers["original-remote-addr"] == client

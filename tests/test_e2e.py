@@ -180,3 +180,16 @@ def test_default_ports_refuse_a_loopback_port_before_resolving() -> None:
 def test_allow_private_networks_opens_loopback(open_proxy: str, wm: Receiver) -> None:
     port = urlsplit(wm.url).port
     assert ping(open_proxy, f"http://localhost:{port}/ok") == "Webmention accepted"
+
+
+def test_the_client_address_is_the_one_the_router_appended(open_proxy: str, wm: Receiver) -> None:
+    # Under the Procfile one router appends the address it saw; whatever came before, the sender wrote.
+    before = len(wm.received)
+    url = urlsplit(open_proxy)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    body = xmlrpc.client.dumps((SOURCE, TARGET), "pingback.ping").encode()
+    headers = {"Content-Type": "text/xml", "X-Forwarded-For": "6.6.6.6, 10.1.2.3", "X-Forwarded-Proto": "https"}
+    connection.request("POST", f"/?forward={quote(wm.url + '/ok', safe='')}", body, headers)
+    assert connection.getresponse().status == 200
+    connection.close()
+    assert wm.received[before].headers["original-remote-addr"] == "10.1.2.3"
