@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,13 +54,19 @@ WEBMENTION_FORM = (
 MALFORMED_XML = b'<?xml version="1.0"?>\n<methodCall><methodName>pingback.ping</methodName><params><param>'
 
 # Issue 3's goals.
-GOAL_THROUGHPUT = 0.20  # x ceiling
+GOAL_THROUGHPUT = 0.25  # x ceiling
 GOAL_CPU_US = 220.0
 GOAL_ADDED_P50_MS = 0.35
 GOAL_BURST_LAST_S = 1.5
 GOAL_BURST_RSS_MIB = 90.0
 GOAL_JUNK = 0.7  # x ceiling
 GOAL_COLD_MS = 300.0
+# Issue 11's goals.
+GOAL_HTTPS = 0.8  # x the same proxy's throughput to a plain-HTTP sink
+GOAL_DNS_DELIVERED = 0.99
+GOAL_DNS_P99_ADDED_S = 0.5
+GOAL_HANGING_P99 = 1.25  # x the same traffic's p99 without the hanging receiver, or +2 ms, whichever is more
+HANGING_P99_SLACK_MS = 2.0
 
 
 @dataclass
@@ -124,10 +131,12 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 
 
 
 @contextmanager
-def started(bench: Bench, name: str, command: list[str], core: int | None, port: int) -> Iterator[int]:
+def started(
+    bench: Bench, name: str, command: list[str], core: int | None, port: int, env: dict[str, str] | None = None
+) -> Iterator[int]:
     """Run `command` (pinned to `core`) until the block ends; yields its pid once `port` answers."""
     log = open(RESULTS / f"{name}.log", "wb")  # noqa: SIM115 -- closed below
-    process = subprocess.Popen(bench.pinned(command, core), cwd=ROOT, env=bench.env, stdout=log, stderr=log)
+    process = subprocess.Popen(bench.pinned(command, core), cwd=ROOT, env=env or bench.env, stdout=log, stderr=log)
     try:
         wait_for_port(port, process)
         yield process.pid
@@ -250,7 +259,7 @@ def median(rounds: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rounds)
 
 
-SCENARIOS = ("load", "burst", "cold")
+SCENARIOS = ("load", "burst", "cold", "https", "edges")
 
 
 def run(bench: Bench) -> dict[str, object]:
@@ -274,7 +283,84 @@ def run(bench: Bench) -> dict[str, object]:
         if "cold" in args.only:
             progress("cold starts")
             results["cold_ms"] = [cold_start(bench, path) for _ in range(args.rounds)]
+        if "https" in args.only:
+            results["https"] = https(bench, path)
+    if "edges" in args.only:
+        results["edges"] = edges(bench)
     return results
+
+
+def https(bench: Bench, path: str) -> list[dict[str, float]]:
+    """Proxy throughput to an HTTPS sink (a test CA) against the same proxy's to the plain sink, in turns."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(bench.tmp / "ca.pem"))
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(bench.tmp / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(bench.tmp / "cert.pem"))
+    tls_port, proxy_port = free_port(), free_port()
+    tls_path = "/?forward=" + quote(f"https://127.0.0.1:{tls_port}/webmention", safe="")
+    sink = [PYTHON, str(BENCH / "sink.py"), "--port", str(tls_port), "--tls"]
+    env = {**bench.env, "SSL_CERT_FILE": str(bench.tmp / "ca.pem")}  # httpx's TLS context reads it
+    ping = bench.tmp / "ping.xml"
+    rounds = []
+    with (
+        started(
+            bench,
+            "sink-tls",
+            [*sink, str(bench.tmp / "cert.pem"), str(bench.tmp / "key.pem")],
+            bench.load_core,
+            tls_port,
+        ),
+        started(
+            bench,
+            "proxy-https",
+            procfile_command(proxy_port, bench.args.app, bench.args.uvicorn),
+            bench.proxy_core,
+            proxy_port,
+            env,
+        ) as pid,
+    ):
+        if not ping_once(proxy_port, tls_path, PING_XML):
+            sys.exit(f"bench: the proxy does not forward a ping to the https sink; see {RESULTS}/proxy-https.log")
+        wrk(bench, proxy_port, "ok", [(tls_path, ping)], 64, 2)
+        for i in range(bench.args.rounds):
+            progress(f"https round {i + 1} of {bench.args.rounds}: plain, then https, kept-alive, c=64")
+            plain = wrk_cpu(bench, pid, proxy_port, "ok", [(path, ping)], 64, bench.args.seconds)
+            tls = wrk_cpu(bench, pid, proxy_port, "ok", [(tls_path, ping)], 64, bench.args.seconds)
+            rounds.append(
+                {
+                    "plain_rate": plain["rate"],
+                    "https_rate": tls["rate"],
+                    "ratio": tls["rate"] / plain["rate"],
+                    "plain_cpu_us": plain["cpu_us"],
+                    "https_cpu_us": tls["cpu_us"],
+                }
+            )
+    return rounds
+
+
+def edges(bench: Bench) -> dict[str, object]:
+    """bench/edges.py in a private network namespace: names, a silent DNS attacker, a hanging receiver."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        bench.notes.append("edges: skipped (needs root and unshare for a private network namespace)")
+        return {}
+    progress("edges: in a private network namespace (DNS attacker, hanging receiver); about a minute")
+    command = [
+        "unshare", "--net", "--mount", "--", PYTHON, str(BENCH / "edges.py"),
+        "--seconds", str(max(bench.args.seconds, 4)),
+        "--proxy-core", str(bench.proxy_core if bench.proxy_core is not None else -1),
+        "--load-core", str(bench.load_core if bench.load_core is not None else -1),
+        "--uvicorn", shlex.join(bench.args.uvicorn), "--app", bench.args.app,
+    ]  # fmt: skip
+    env = {k: v for k, v in bench.env.items() if not k.startswith("PINGFORWARD_")}  # the defaults, all of them
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    (RESULTS / "edges.log").write_text(out.stderr)
+    if out.returncode:
+        sys.exit(f"bench: bench/edges.py failed; see {RESULTS}/edges.log")
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def load(bench: Bench, sink_port: int, direct_port: int, path: str) -> dict[str, object]:
@@ -461,6 +547,59 @@ def burst_rows(bursts: list[dict[str, float]], count: int) -> list[Row]:
     ]
 
 
+def https_rows(rounds: list[dict[str, float]]) -> list[Row]:
+    ratio = median(rounds, "ratio")
+    return [
+        (
+            "https sink (test CA), kept-alive, c=64",
+            f"{median(rounds, 'https_rate'):,.0f}/s",
+            f"{ratio:.3f}x plain http ({median(rounds, 'plain_rate'):,.0f}/s)",
+            f">= {GOAL_HTTPS}x: {verdict(ratio >= GOAL_HTTPS)}",
+        ),
+        (
+            "  proxy CPU per ping, https / plain",
+            f"{median(rounds, 'https_cpu_us'):,.0f} / {median(rounds, 'plain_cpu_us'):,.0f} µs",
+            "",
+            "",
+        ),
+    ]
+
+
+def edge_rows(edge: dict[str, Any]) -> list[Row]:
+    quiet, attacked = edge["dns_quiet"], edge["dns_attacked"]
+    added = attacked["p99_s"] - quiet["p99_s"]
+    calm, hung = edge["steady_calm"], edge["steady_hung"]
+    allowed = max(calm["p99_s"] * GOAL_HANGING_P99, calm["p99_s"] + HANGING_P99_SLACK_MS / 1000)
+    return [
+        (
+            f"names: {quiet['sent']} honest pings, each a new name and connection",
+            f"{quiet['delivered'] / quiet['sent']:.1%} delivered",
+            f"p99 {quiet['p99_s'] * 1000:.1f} ms",
+            "",
+        ),
+        (
+            f"  ... with {edge['attack_rate']:.0f}/s pings naming silent hosts ({attacked['attacks']} sent)",
+            f"{attacked['delivered'] / attacked['sent']:.1%} delivered",
+            f"p99 {attacked['p99_s'] * 1000:.1f} ms ({added * 1000:+.1f} ms)",
+            f">= {GOAL_DNS_DELIVERED:.0%} and <= +{GOAL_DNS_P99_ADDED_S} s: "
+            + verdict(attacked["delivered"] / attacked["sent"] >= GOAL_DNS_DELIVERED and added <= GOAL_DNS_P99_ADDED_S),
+        ),
+        (
+            f"steady pings to one receiver, {edge['steady_rate']:.0f}/s",
+            f"p99 {calm['p99_s'] * 1000:.1f} ms",
+            f"{calm['delivered']} of {calm['sent']} delivered",
+            "",
+        ),
+        (
+            f"  ... while another hangs with {edge['hanging']} pings held",
+            f"p99 {hung['p99_s'] * 1000:.1f} ms",
+            f"{hung['delivered']} of {hung['sent']} delivered; {edge['held']} held at the hanging one",
+            f"<= {GOAL_HANGING_P99}x or +{HANGING_P99_SLACK_MS:.0f} ms: "
+            + verdict(hung["p99_s"] <= allowed and hung["delivered"] == hung["sent"]),
+        ),
+    ]
+
+
 def report(bench: Bench, results: dict[str, object]) -> str:
     rows: list[Row] = []
     rounds, bursts, cold = results.get("rounds"), results.get("bursts"), results.get("cold_ms")
@@ -478,6 +617,12 @@ def report(bench: Bench, results: dict[str, object]) -> str:
                 f"<= {GOAL_COLD_MS:.0f} ms: {verdict(ms <= GOAL_COLD_MS)}",
             )
         )
+    tls = results.get("https")
+    if isinstance(tls, list) and tls:
+        rows += https_rows(tls)
+    edge = results.get("edges")
+    if isinstance(edge, dict) and edge:
+        rows += edge_rows(edge)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     header = f"app {bench.args.app}: medians of {bench.args.rounds} rounds of {bench.args.seconds} s"
     header += " (a ratio is the median of the rounds' ratios)"
@@ -511,12 +656,8 @@ def setup(args: argparse.Namespace, tmp: Path) -> Bench:
     env["PATH"] = f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}"  # the Procfile's `uvicorn` is ours
     from pingforward.config import Settings
 
-    # The sinks live on 127.0.0.1 at random ports, and every ping goes to that one host.
-    opened = {
-        "allow_private_networks": "true",
-        "allowed_ports": "*",
-        "max_per_host": str(max(args.burst, 64)),
-    }
+    # The sinks live on 127.0.0.1 at random ports: only what loopback needs, every other setting its default.
+    opened = {"allow_private_networks": "true", "allowed_ports": "*"}
     for name, value in opened.items():
         if name in Settings.__dataclass_fields__:
             env[f"PINGFORWARD_{name.upper()}"] = value

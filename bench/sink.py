@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 from typing import cast
 
 import uvloop
@@ -56,20 +57,26 @@ class Sink(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(port: int, delay: float) -> None:
+async def serve(host: str, port: int, delay: float, tls: ssl.SSLContext | None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Sink(delay), "127.0.0.1", port, backlog=4096)
-    print(f"sink listening on 127.0.0.1:{port} delay={delay}", flush=True)
+    server = await loop.create_server(lambda: Sink(delay), host, port, backlog=4096, ssl=tls)
+    print(f"sink listening on {host}:{port} delay={delay} tls={tls is not None}", flush=True)
     async with server:
         await server.serve_forever()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve https with this certificate chain")
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.delay))
+    tls = None
+    if args.tls:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(*args.tls)
+    uvloop.run(serve(args.host, args.port, args.delay, tls))
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ async def forward(
     its auth, redirect and event-hook machinery took 140 µs per request in-process where the pool's
     own exchange took 85, and none of it applies to one fixed POST (bench/README.md).
     """
-    heard: list[Outcome] = []  # what the status of a final answer alone says, once its head arrived
+    heard: list[tuple[int, str | None]] = []  # a final answer's status and Location, once its head arrived
     try:
         with watchdog.limit(timeout):
             return await _post(transport, ping, url, client_ip, heard)
@@ -254,7 +254,8 @@ async def forward(
         return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
     except (TimeoutError, httpx.TimeoutException):
         if heard:  # the deadline came while its body was being read: the status has decided
-            return heard[0]
+            status, location = heard[0]
+            return classify(ping, status, b"", location)
         return _upstream(f"no answer within {timeout:g} s")
     except httpx.ConnectError as exc:
         if isinstance(exc.__cause__, ResolveError):  # its words name the host and why: no internals
@@ -265,7 +266,7 @@ async def forward(
 
 
 async def _post(
-    transport: httpx.AsyncBaseTransport, ping: Ping, url: str, client_ip: str, heard: list[Outcome]
+    transport: httpx.AsyncBaseTransport, ping: Ping, url: str, client_ip: str, heard: list[tuple[int, str | None]]
 ) -> Outcome:
     # httpx's follow_redirects would turn the POST into a GET on 301/302/303 and lose the
     # Webmention (snarfed/bridgy#753), so redirects are followed here, re-POSTing the same body.
@@ -288,13 +289,13 @@ async def _post(
             # The status line decides (Webmention §3.1.3: any 2xx is a success); the body only picks
             # the words, and for an error the fault code, when it can be read. Too large, compressed,
             # stalled or cut, it is left unread and the status alone answers.
-            heard.append(classify(ping, status, b"", location))
+            heard.append((status, location))
             length = fields.get("content-length", "")
             if length.isdigit() and int(length) > MAX_ANSWER:
-                return heard[0]
+                return classify(ping, status, b"", location)
             answer = await _read_quote(stream)
             if answer is None or fields.get("content-encoding", "identity").lower() != "identity":
-                return heard[0]  # asked for identity; a compressed answer is not worth decoding
+                answer = b""  # asked for identity; a compressed answer is not worth decoding
             return classify(ping, status, answer, location)
         finally:
             await stream.aclose()

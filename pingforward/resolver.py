@@ -14,6 +14,7 @@ accepts, needs no lookup and is normalised (`0xb.22.33.44` is `11.22.33.44`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections import OrderedDict
@@ -40,6 +41,18 @@ MAX_TTL: Final = 300.0
 NEGATIVE_TTL: Final = 10.0  # no such name, no answer in time, or a server failure
 
 
+@functools.lru_cache(maxsize=1024)
+def _literal(host: str) -> tuple[str] | None:
+    """The one address a numeric host names, normalised; None for a name. Pings repeat their hosts."""
+    literal = host_literal(host)
+    if literal is None:
+        return None
+    # An IPv4-mapped IPv6 address is that IPv4 address on the wire (RFC 4291 §2.5.5.2).
+    if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped is not None:
+        literal = literal.ipv4_mapped
+    return (str(literal),)
+
+
 class ResolveError(OSError):
     """A name could not be resolved; the message says why, in words for the ping's fault string."""
 
@@ -61,12 +74,9 @@ class Resolver:
 
     async def resolve(self, host: str) -> tuple[str, ...]:
         """The addresses of `host` in the resolver's order, without duplicates; raise `ResolveError`."""
-        literal = host_literal(host)
+        literal = _literal(host)
         if literal is not None:
-            # An IPv4-mapped IPv6 address is that IPv4 address on the wire (RFC 4291 §2.5.5.2).
-            if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped is not None:
-                literal = literal.ipv4_mapped
-            return (str(literal),)
+            return literal
         name = host.rstrip(".").lower()
         loop = asyncio.get_running_loop()
         cached = self._cache.get(name)

@@ -328,3 +328,32 @@ async def test_compressed_answer_is_not_decoded(respx_mock: respx.MockRouter) ->
     body = gzip.compress(json.dumps({"result": "zipped"}).encode())
     respx_mock.post(ENDPOINT).respond(202, content=body, headers={"Content-Encoding": "gzip"})
     assert await run() == Outcome(DEFAULT_OK, None, 202)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("head", "expected"), [(b"202 Accepted", None), (b"503 Busy", FaultCode.UPSTREAM_ERROR)])
+async def test_the_deadline_during_the_body_leaves_the_status_to_decide(
+    head: bytes, expected: FaultCode | None
+) -> None:
+    # The ping's deadline (0.3 s) comes before the body's grace ends: the head that arrived decides.
+    done = asyncio.Event()
+    handlers: list[asyncio.Task[None]] = []
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 " + head + b"\r\nContent-Length: 100\r\n\r\n{")
+        await asyncio.wait_for(done.wait(), 5)  # bounded; the ping's deadline is far shorter
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(timeout=0.3, allow_private_networks=True, allowed_ports=None)
+    async with server, make_transport(settings) as transport:
+        outcome = await forward(
+            transport, PING, f"http://127.0.0.1:{port}/wm", client_ip="-", timeout=0.3, watchdog=Watchdog()
+        )
+        done.set()
+        await asyncio.gather(*handlers, return_exceptions=True)
+    assert outcome.fault is expected and outcome.status == int(head[:3])
