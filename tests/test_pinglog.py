@@ -15,8 +15,10 @@ import respx
 
 from pingforward.config import LogFormat
 from pingforward.pingback import FaultCode
-from pingforward.pinglog import MAX_EXAMPLE, JsonFormatter, PingLine, PingLog
-from tests.servers import LOCAL_ENV, _running, free_port, procfile_command, run_cli_server
+from pingforward.pinglog import MAX_EXAMPLE, JsonFormatter, PingLine, PingLog, uvicorn_log_config
+from tests.servers import LOCAL_ENV, ROOT, _running, free_port, procfile_command, run_cli_server
+
+JSON_LOG_CONFIG = ROOT / "pingforward" / "uvicorn-json-log.json"
 
 LINE = PingLine(
     client="203.0.113.9",
@@ -288,11 +290,17 @@ def test_served_log_lines(tmp_path: Path, log_format: LogFormat, args: list[str]
         ]
 
 
-@pytest.mark.parametrize("how", ["procfile", "serve-two-workers"])
+def test_the_shipped_uvicorn_log_config_is_the_json_one() -> None:
+    assert json.loads(JSON_LOG_CONFIG.read_text()) == uvicorn_log_config(LogFormat.JSON)
+
+
+@pytest.mark.parametrize("how", ["procfile", "procfile-two-workers", "serve-two-workers"])
 def test_every_line_is_json(tmp_path: Path, how: str) -> None:
     # uvicorn's own lines (start, stop, its supervising process with two workers) included.
     env = {**LOCAL_ENV, "PINGFORWARD_LOG_FORMAT": "json"}
-    if how == "procfile":
+    if how == "procfile-two-workers":  # the supervisor never loads the app: the README's UVICORN_LOG_CONFIG
+        env |= {"WEB_CONCURRENCY": "2", "UVICORN_LOG_CONFIG": str(JSON_LOG_CONFIG)}
+    if how.startswith("procfile"):
         port = free_port()
         running = _running(procfile_command(port), port, env, tmp_path / "procfile.log")
     else:
