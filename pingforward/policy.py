@@ -68,7 +68,7 @@ NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
 TEREDO: Final = ipaddress.ip_network("2001::/32")
 
 
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     # IPv6 forms that carry an IPv4 destination: a mapped address (::ffff:a.b.c.d), NAT64
     # (RFC 6052, 64:ff9b::a.b.c.d) and 6to4 (RFC 3056, 2002:AABB:CCDD::). Teredo is refused whole.
     if ip.ipv4_mapped is not None:
@@ -83,7 +83,7 @@ def address_refusal(ip: IPAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip in TEREDO:
             return "Teredo tunnel address"
-        inner = _embedded_ipv4(ip)
+        inner = embedded_ipv4(ip)
         if inner is not None:
             reason = address_refusal(inner)
             return f"{reason} (wrapped in IPv6)" if reason else None

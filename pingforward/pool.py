@@ -25,6 +25,7 @@ DestinationOf = Callable[[str], str]
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 MAX_HEAD: Final = 64 * 1024  # status line and header fields of one answer
 HIGH_WATER: Final = 256 * 1024  # unread body bytes held before the socket stops being read
+RETRY_WINDOW: Final = 0.5  # seconds after a request's write within which a dropped reused connection is retried
 
 
 class _Connection(asyncio.Protocol):
@@ -381,10 +382,15 @@ class Pool(httpx.AsyncBaseTransport):
     ) -> _Connection:
         connection = self._take_idle(origin)
         if connection is not None:
+            sent = self._loop_time()
             try:
                 await connection.send(message, timeout.get("read"), method == "HEAD")
                 return connection
             except (httpx.ReadError, httpx.RemoteProtocolError):
+                # Only a failure right after the write is that race; a receiver that closed after
+                # working on the request for a while may have taken it, and gets it once only.
+                if self._loop_time() - sent > RETRY_WINDOW:
+                    raise
                 # The server closed a kept-alive connection as we reused it (RFC 9112 §9.3.1 calls this
                 # race out). Not a byte of an answer came, so the request goes out once more, on a new
                 # connection; for a POST too: the proxy's and the sender's are notifications that a

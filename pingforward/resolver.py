@@ -38,7 +38,11 @@ TRIES: Final = 4
 CACHE_SIZE: Final = 1024  # names; a flood of random names only evicts, it cannot grow the cache
 MIN_TTL: Final = 5.0  # a TTL of 0 would mean one query per ping to the busiest receiver
 MAX_TTL: Final = 300.0
-NEGATIVE_TTL: Final = 10.0  # no such name, no answer in time, or a server failure
+# c-ares keeps an answer cache of its own (on by default since 1.23, up to an hour per answer) with no
+# bound on its size that pycares lets us set: a flood of random names grew it by about 2 MiB per 1,000.
+# So each channel serves this many lookups, then a fresh one takes over and the old one is closed.
+QUERIES_PER_CHANNEL: Final = 2000
+NEGATIVE_TTL: Final = 10.0  # no such name, or a server failure (not a lookup that timed out)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -61,9 +65,16 @@ class Resolver:
     """Resolve host names to addresses with c-ares; one per worker, made in its event loop."""
 
     def __init__(
-        self, *, timeout: float = LOOKUP_TIMEOUT, cache_size: int = CACHE_SIZE, nameservers: Sequence[str] = ()
+        self,
+        *,
+        timeout: float = LOOKUP_TIMEOUT,
+        cache_size: int = CACHE_SIZE,
+        nameservers: Sequence[str] = (),
+        queries_per_channel: int = QUERIES_PER_CHANNEL,
     ) -> None:
         self._timeout = timeout
+        self._queries_per_channel = queries_per_channel
+        self._used = 0  # lookups on the current channel
         self._nameservers = nameservers  # "ip" or "ip:port"; none: those of /etc/resolv.conf
         self._cache_size = cache_size
         # name -> (expiry on the loop's clock, addresses or the error to raise again)
@@ -102,7 +113,10 @@ class Resolver:
             async with asyncio.timeout(self._timeout):
                 result = await self._channel().getaddrinfo(name, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM)
         except TimeoutError:
-            self._fail(name, future, ResolveError(f"no DNS answer for {name} within {self._timeout:g} s"))
+            # Not cached: c-ares may yet get the answer, and keeps it, so the next ping that names
+            # it asks again (a name behind slow servers then works a moment later, not 10 s later).
+            future.set_exception(ResolveError(f"no DNS answer for {name} within {self._timeout:g} s"))
+            future.exception()
         except aiodns.error.DNSError as exc:
             reason = exc.args[1] if len(exc.args) > 1 else str(exc)
             self._fail(name, future, ResolveError(f"cannot resolve {name}: {reason}"))
@@ -133,11 +147,25 @@ class Resolver:
             self._cache.popitem(last=False)
 
     def _channel(self) -> aiodns.DNSResolver:
+        if self._dns is not None and self._used >= self._queries_per_channel:
+            retiring = asyncio.get_running_loop().create_task(self._retire(self._dns))
+            self._queries.add(retiring)
+            retiring.add_done_callback(self._queries.discard)
+            self._dns = None
         if self._dns is None:
             self._dns = aiodns.DNSResolver(
                 self._nameservers or None, loop=asyncio.get_running_loop(), timeout=TRY_TIMEOUT, tries=TRIES
             )
+            self._used = 0
+        self._used += 1
         return self._dns
+
+    async def _retire(self, channel: aiodns.DNSResolver) -> None:
+        """Close a channel once every lookup on it is past its bound (and so answered or given up)."""
+        try:
+            await asyncio.sleep(self._timeout + 1)
+        finally:
+            await channel.close()
 
     async def aclose(self) -> None:
         for query in list(self._queries):

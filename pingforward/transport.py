@@ -11,6 +11,7 @@ are pool.py's, not httpcore's (bench/README.md has the numbers behind that).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import ssl
 import sys
@@ -20,7 +21,7 @@ import httpx
 
 from pingforward import PROJECT_URL, __version__
 from pingforward.config import Settings
-from pingforward.policy import Policy
+from pingforward.policy import Policy, embedded_ipv4
 from pingforward.pool import Pool
 from pingforward.resolver import Resolver
 
@@ -37,15 +38,21 @@ LIMITS = httpx.Limits(max_connections=2000, max_keepalive_connections=100, keepa
 Resolve = Callable[[str, int], Awaitable[Sequence[str]]]
 
 
+@functools.lru_cache(maxsize=4096)
 def destination_of(address: str) -> str:
     """The destination an address counts against for the per-destination limit.
 
     An IPv6 address stands for its /64: one host or site is commonly given a whole /64 (RFC 7421),
-    so 2^64 addresses of one hanging receiver must not count as 2^64 destinations.
+    so 2^64 addresses of one hanging receiver must not count as 2^64 destinations. One that carries
+    an IPv4 destination (mapped, NAT64, 6to4) counts as that IPv4 address.
     """
     if ":" not in address:
         return address
-    return str(ipaddress.IPv6Network((address.split("%")[0], 64), strict=False))
+    ip = ipaddress.IPv6Address(address.split("%")[0])
+    inner = embedded_ipv4(ip)
+    if inner is not None:
+        return str(inner)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 class PolicyTransport(httpx.AsyncBaseTransport):

@@ -17,7 +17,7 @@ import trustme
 
 from pingforward.config import Settings
 from pingforward.policy import Policy, Refused
-from pingforward.pool import MAX_HEAD, Pool
+from pingforward.pool import MAX_HEAD, RETRY_WINDOW, Pool
 from pingforward.transport import PolicyTransport, make_client
 
 pytestmark = pytest.mark.anyio
@@ -38,6 +38,7 @@ class Server:
     answers: list[bytes]
     close_after: set[int] = field(default_factory=set)  # request numbers after which the server closes
     drop: set[int] = field(default_factory=set)  # request numbers read and then closed on, unanswered
+    linger: float = 0.0  # seconds before such a close
     connections: int = 0
     closed: int = 0  # connections the client closed or the server ended
     requests: list[bytes] = field(default_factory=list)
@@ -55,6 +56,7 @@ class Server:
                 self.requests.append(head + await reader.readexactly(length))
                 number = len(self.requests) - 1
                 if number in self.drop:
+                    await asyncio.sleep(self.linger)
                     break
                 answer = self.answers[number] if number < len(self.answers) else OK
                 if answer == HANG:
@@ -406,6 +408,15 @@ async def test_a_post_on_a_reused_connection_closed_unanswered_goes_out_again() 
         assert (server.connections, len(server.requests)) == (2, 3)
 
 
+async def test_a_post_that_a_receiver_worked_on_before_closing_is_not_sent_again() -> None:
+    # Closed a while after the write: not the reuse race, and the receiver may have taken the ping.
+    async with serving(Server([OK], drop={1}, linger=RETRY_WINDOW + 0.3)) as server, client(Pool(loopback)) as http:
+        await post(http, server)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await post(http, server)
+        assert len(server.requests) == 2
+
+
 async def test_a_post_is_not_sent_again_once_an_answer_began() -> None:
     cut = b"HTTP/1.1 202 Accepted\r\nContent-Length: 10\r\n\r\nok"  # then the server closes
     async with serving(Server([OK, cut], close_after={1})) as server, client(Pool(loopback)) as http:
@@ -481,7 +492,8 @@ async def test_the_limit_counts_where_a_connection_goes_not_how_it_is_spelled() 
     async def table(host: str, port: int) -> list[str]:
         return [names[host]]
 
-    async with gated() as hanging, gated("127.0.0.2") as other, client(Pool(table, max_per_destination=1)) as http:
+    pool = Pool(table, max_connections=2000, max_per_destination=1)
+    async with gated() as hanging, gated("127.0.0.2") as other, client(pool) as http:
         first = asyncio.ensure_future(http.post(f"http://a.test:{hanging.port}/", content=b"x", timeout=10))
         await until(lambda: hanging.held == 1)
         # Another name for the same address waits behind it, up to the pool timeout...
@@ -494,10 +506,12 @@ async def test_the_limit_counts_where_a_connection_goes_not_how_it_is_spelled() 
         assert (await first).status_code == 202
         # The slots came back: the timed-out waiter left no trace in its line.
         assert (await http.post(f"http://b.test:{hanging.port}/", content=b"x", timeout=10)).status_code == 202
+        assert not pool.slots._lines and pool.slots._total._value == 2000
 
 
 async def test_a_cancelled_waiter_gives_its_place_back() -> None:
-    async with gated() as gate, client(Pool(loopback, max_per_destination=1)) as http:
+    pool = Pool(loopback, max_connections=1000, max_per_destination=1)
+    async with gated() as gate, client(pool) as http:
         url = f"http://127.0.0.1:{gate.port}/"
         holder = asyncio.ensure_future(http.post(url, content=b"x", timeout=10))
         await until(lambda: gate.held == 1)
@@ -509,3 +523,4 @@ async def test_a_cancelled_waiter_gives_its_place_back() -> None:
         gate.opened.set()
         assert (await holder).status_code == 202
         assert (await http.post(url, content=b"x", timeout=10)).status_code == 202
+        assert not pool.slots._lines and pool.slots._total._value == 1000

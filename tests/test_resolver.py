@@ -123,7 +123,23 @@ def test_the_default_lookup_bound_leaves_most_of_a_ping_s_time() -> None:
         ("2001:4860:4860::8888", "2001:4860:4860::/64"),
         ("2001:4860:4860:0:ffff::1", "2001:4860:4860::/64"),  # the same /64: one site
         ("2001:4860:4860:1::1", "2001:4860:4860:1::/64"),
+        ("::ffff:11.22.33.44", "11.22.33.44"),  # as a DNS answer may carry it: the IPv4 destination
+        ("64:ff9b::b16:212c", "11.22.33.44"),  # NAT64 (RFC 6052): each IPv4 receiver its own
+        ("64:ff9b::6358:4d42", "99.88.77.66"),
     ],
 )
 def test_an_ipv6_destination_is_its_64(address: str, destination: str) -> None:
     assert destination_of(address) == destination
+
+
+async def test_a_channel_is_replaced_after_its_share_of_lookups() -> None:
+    zone = Zone({f"r{n}.test": Name([[f"11.22.33.{n}"]]) for n in range(5)})
+    with dns_server(zone) as (host, port):
+        resolver = Resolver(nameservers=[f"{host}:{port}"], queries_per_channel=2, timeout=0.2)
+        channels = set()
+        for n in range(5):
+            assert await resolver.resolve(f"r{n}.test") == (f"11.22.33.{n}",)
+            channels.add(id(resolver._dns))
+        assert len(channels) == 3  # 2 + 2 + 1 lookups
+        await asyncio.sleep(1.5)  # the retired channels close once past the lookup bound
+        await resolver.aclose()
