@@ -12,12 +12,13 @@ import sys
 import tempfile
 import threading
 import time
+import xmlrpc.client
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import httpx
 import uvicorn
@@ -172,6 +173,17 @@ def receiver(host: str = LOCALHOST, port: int = 0) -> Iterator[Receiver]:
         server.receiver.stop.set()
         server.shutdown()
         server.server_close()
+
+
+def ping(
+    base: str, forward: str, source: str = "https://blog.example/post", target: str = "https://site.example/notes/42"
+) -> str | tuple[int, str]:
+    """One pingback through the proxy at `base` with Python's xmlrpc.client: the answer, or (fault code, string)."""
+    with xmlrpc.client.ServerProxy(f"{base}/?forward={quote(forward, safe='')}") as server:
+        try:
+            return str(server.pingback.ping(source, target))
+        except xmlrpc.client.Fault as fault:
+            return fault.faultCode, fault.faultString
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import pytest
 
 from pingforward.pingback import FaultCode
 from tests.conftest import load
-from tests.servers import LOCAL_ENV, Receiver, free_port, proxy, receiver
+from tests.servers import LOCAL_ENV, Receiver, free_port, ping, proxy, receiver
 
 SOURCE = "https://blog.example/post"
 TARGET = "https://site.example/notes/42"
@@ -32,14 +32,6 @@ def wm() -> Iterator[Receiver]:
 def open_proxy() -> Iterator[str]:
     with proxy(OPEN) as base:
         yield base
-
-
-def ping(base: str, forward: str, source: str = SOURCE, target: str = TARGET) -> str | tuple[int, str]:
-    with xmlrpc.client.ServerProxy(f"{base}/?forward={quote(forward, safe='')}") as server:
-        try:
-            return str(server.pingback.ping(source, target))
-        except xmlrpc.client.Fault as fault:
-            return fault.faultCode, fault.faultString
 
 
 def test_success_reaches_the_receiver(open_proxy: str, wm: Receiver) -> None:

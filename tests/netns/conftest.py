@@ -13,12 +13,10 @@ import socket
 import subprocess
 import tempfile
 import threading
-import xmlrpc.client
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
@@ -32,9 +30,6 @@ RECEIVER = "11.22.33.44"  # a well-behaved receiver
 HANGING = "11.22.33.45"  # a receiver that holds every request until told
 NAMESERVER = "11.22.33.53"
 HOSTS = f"127.0.0.1 localhost\n{RECEIVER} hosts-file.test\n{HANGING} hang-hosts.test\n"
-
-SOURCE = "https://blog.example/post"
-TARGET = "https://site.example/notes/42"
 
 
 def _run(*command: str) -> None:
@@ -64,15 +59,6 @@ def zone(network: Path) -> Iterator[Zone]:
     zone = Zone()
     with dns_server(zone, NAMESERVER, 53):
         yield zone
-
-
-def ping(base: str, forward: str, source: str = SOURCE, target: str = TARGET) -> str | tuple[int, str]:
-    """One pingback through the proxy with Python's xmlrpc.client: the answer, or (fault code, string)."""
-    with xmlrpc.client.ServerProxy(f"{base}/?forward={quote(forward, safe='')}") as server:
-        try:
-            return str(server.pingback.ping(source, target))
-        except xmlrpc.client.Fault as fault:
-            return fault.faultCode, fault.faultString
 
 
 @dataclass

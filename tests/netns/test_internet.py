@@ -15,8 +15,8 @@ import pytest
 
 from pingforward.resolver import LOOKUP_TIMEOUT
 from tests.dns import Name, Zone
-from tests.netns.conftest import HANGING, RECEIVER, RawServer, answer, ping, raw_server, read_request
-from tests.servers import Receiver, proxy, receiver
+from tests.netns.conftest import HANGING, RECEIVER, RawServer, answer, raw_server, read_request
+from tests.servers import Receiver, ping, proxy, receiver
 
 ACCEPTED = "Webmention accepted"  # what tests/servers.py's receiver answers on /ok
 
