@@ -2,7 +2,7 @@
 
 Each factory builds the real app with a different transport in place of `transport.make_transport`'s
 (`forward()` sends every ping straight to it; POST /send's client gets it too), with the same URL check
-in front, and every one dials through `pingforward.transport.resolve`, so the address policy costs the same:
+in front, and every one dials through `pingforward.net.transport.resolve`, so the address policy costs the same:
 
     .venv/bin/python bench/run.py --app alternatives:stock             # httpx's own pool (httpcore 1.0)
     .venv/bin/python bench/run.py --app alternatives:stock_wide        # the same, 1,000 connections
@@ -26,9 +26,9 @@ from starlette.applications import Starlette
 import pingforward.app
 from pingforward.config import Settings
 from pingforward.forward import Outcome
+from pingforward.net.policy import Policy
+from pingforward.net.transport import resolve
 from pingforward.pingback import Ping
-from pingforward.policy import Policy
-from pingforward.transport import resolve
 from pingforward.watchdog import Watchdog
 
 

@@ -23,16 +23,18 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pingforward.config import ConfigError, LogFormat, Settings
+from pingforward.config import LogFormat, Settings
+from pingforward.errors import ConfigError, ForwardError, Refused
 from pingforward.forward import (
     HOW_TO_WRITE,
     MAX_FORWARD_URL,
-    ForwardError,
     Outcome,
     forward,
     parse_forward,
     written_unencoded,
 )
+from pingforward.net.policy import SCHEME_PORTS, Policy
+from pingforward.net.transport import VIA, make_client, make_transport
 from pingforward.pingback import (
     LIST_METHODS,
     MAX_FAULT_STRING,
@@ -48,8 +50,6 @@ from pingforward.pingback import (
     render_response,
 )
 from pingforward.pinglog import PingLine, PingLog, formatter, json_for_uvicorn
-from pingforward.policy import SCHEME_PORTS, Policy, Refused
-from pingforward.transport import VIA, make_client, make_transport
 from pingforward.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)

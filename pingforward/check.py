@@ -10,8 +10,6 @@ https://www.w3.org/TR/webmention/#sender-discovers-receiver-webmention-endpoint.
 
 from __future__ import annotations
 
-import socket
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,9 +18,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from pingforward.forward import ForwardError, parse_forward
+from pingforward.errors import Failure, ForwardError, OutboundError, Refused
+from pingforward.forward import parse_forward
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
-from pingforward.policy import Refused
 from pingforward.send import read_capped
 from pingforward.webmention import decode, discover_webmention, header_values, pingback_link, rel_hrefs
 
@@ -235,29 +233,32 @@ def judge_ping(status: int, body: bytes) -> Finding:
     return Finding(Verdict.OK, f"test ping delivered: {text}")
 
 
-def explain(exc: httpx.HTTPError, url: str) -> str:
+# A site owner's words for each kind of failure the network layer reports (errors.Failure).
+_EXPLANATIONS: Final = {
+    Failure.DNS: "there is no host {host} (check the spelling, or the DNS)",
+    Failure.REFUSED: "{host} refused the connection: nothing listens on that port",
+    Failure.RESET: "{host} broke off the connection",
+    Failure.UNREACHABLE: "there is no route to {host}",
+    Failure.TLS: "the TLS handshake with {host} failed, or its certificate is not valid for it or has expired",
+    Failure.TIMEOUT: "{host} did not answer in time",
+    Failure.BUSY: "{host} did not answer in time",
+    Failure.PROTOCOL: "{host} broke off the exchange or answered what is not HTTP",
+    Failure.URL: "not a URL that can be fetched",
+}
+
+
+def explain(exc: OutboundError | httpx.InvalidURL, url: str) -> str:
     """Why a request failed, in a site owner's words rather than an exception's name."""
     host = urlsplit(url).hostname or url
-    causes = [exc.__cause__, exc.__context__]
-    if isinstance(exc, httpx.TimeoutException):
-        return f"{host} did not answer in time"
-    if any(isinstance(cause, socket.gaierror) for cause in causes):
-        return f"there is no host {host} (check the spelling, or the DNS)"
-    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
-        return f"{host} refused the connection: nothing listens on that port"
-    if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in causes):
-        return f"the TLS certificate of {host} is not valid for it or has expired"
-    if any(isinstance(cause, ssl.SSLError) for cause in causes):
-        return f"the TLS handshake with {host} failed"
-    if isinstance(exc, httpx.ConnectError):
-        return f"could not connect to {host}"
-    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
-        return "not a URL that can be fetched"
-    return f"{host} broke off the exchange or answered what is not HTTP"
+    if isinstance(exc, Refused):
+        return exc.reason
+    if isinstance(exc, OutboundError):
+        return _EXPLANATIONS[exc.failure].format(host=host)
+    return _EXPLANATIONS[Failure.URL]
 
 
 async def fetch_page(client: httpx.AsyncClient, url: str) -> Page:
-    """HEAD then GET `url` as WordPress does, following redirects; raise `httpx.HTTPError`."""
+    """HEAD then GET `url` as WordPress does, following redirects; raise `OutboundError`."""
     head = await client.head(url, follow_redirects=True)
     async with client.stream("GET", url, follow_redirects=True) as response:
         body = await read_capped(response, MAX_PAGE)  # inflates within the cap: no gzip bomb
@@ -279,10 +280,10 @@ async def send_test_ping(client: httpx.AsyncClient, endpoint: str, ping: Ping) -
     del request.headers["via"]
     try:
         response = await client.send(request)
-    except httpx.HTTPError as exc:
-        return Finding(Verdict.FAIL, f"test ping: not delivered to {endpoint}: {explain(exc, endpoint)}")
     except Refused as exc:
         return Finding(Verdict.FAIL, f"test ping: not sent to {endpoint}: {exc.reason}")
+    except (OutboundError, httpx.InvalidURL) as exc:
+        return Finding(Verdict.FAIL, f"test ping: not delivered to {endpoint}: {explain(exc, endpoint)}")
     return judge_ping(response.status_code, response.content[:MAX_ANSWER])
 
 
@@ -290,10 +291,10 @@ async def check(client: httpx.AsyncClient, url: str, *, ping: bool = False, sour
     """Fetch `url`, analyze it and, with `ping`, send one real test ping through its endpoint."""
     try:
         page = await fetch_page(client, url)
-    except httpx.HTTPError as exc:
-        return Analysis((Finding(Verdict.FAIL, f"could not fetch {url}: {explain(exc, url)}"),), None)
     except Refused as exc:  # the address policy of make_client applies to this command too
         return Analysis((Finding(Verdict.FAIL, f"did not fetch {url}: {exc.reason}"),), None)
+    except (OutboundError, httpx.InvalidURL) as exc:
+        return Analysis((Finding(Verdict.FAIL, f"could not fetch {url}: {explain(exc, url)}"),), None)
     analysis = analyze(page)
     findings: Sequence[Finding] = analysis.findings
     if not ping:

@@ -15,8 +15,10 @@ from typing import TextIO
 
 from pingforward import __version__
 from pingforward.check import Verdict, check
-from pingforward.config import PREFIX, ConfigError, LogFormat, Settings
+from pingforward.config import PREFIX, LogFormat, Settings
+from pingforward.errors import ConfigError
 from pingforward.feed import Feed, parse_date
+from pingforward.net.transport import make_client
 from pingforward.pinglog import uvicorn_log_config
 from pingforward.send import (
     DEFAULT_LIMITS,
@@ -30,7 +32,6 @@ from pingforward.send import (
     notify,
     send_feed,
 )
-from pingforward.transport import make_client
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

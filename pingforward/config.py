@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, TypeVar
 
-from pingforward.policy import DEFAULT_PORTS, Policy
+from pingforward.errors import ConfigError
+from pingforward.net.policy import DEFAULT_PORTS, Policy
 
 PREFIX: Final = "PINGFORWARD_"
 DEFAULT_TIMEOUT: Final = 10.0
@@ -22,10 +23,6 @@ T = TypeVar("T")
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
-
-
-class ConfigError(ValueError):
-    """A `PINGFORWARD_*` variable has a value we cannot use; the message names it."""
 
 
 def _bool(raw: str) -> bool:

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import urldefrag, urljoin
 
+from pingforward.errors import FeedError
 from pingforward.pingback import is_http_url
 
 # The linear HTML tokenizer and helpers of webmention.py (see the comment above `_html_tokens`
@@ -58,10 +59,6 @@ class Feed:
     url: str  # where it was read, after redirects
     format: FeedFormat
     entries: tuple[Entry, ...]  # as listed, each URL once
-
-
-class FeedError(ValueError):
-    """The document is no feed, names none, or is refused (such as XML with entity declarations)."""
 
 
 # RFC 4287 §7, RSS Advisory Board, JSON Feed 1.1 "Discovery" (which also allows application/json).

@@ -17,10 +17,10 @@ from urllib.parse import parse_qs, quote_plus, urljoin, urlsplit
 
 import httpx
 
+from pingforward.errors import ForwardError, OutboundError, OutboundTimeout, Refused
+from pingforward.net.policy import host_literal
+from pingforward.net.transport import USER_AGENT, VIA
 from pingforward.pingback import FaultCode, Ping, is_http_url
-from pingforward.policy import Refused, host_literal
-from pingforward.resolver import ResolveError
-from pingforward.transport import USER_AGENT, VIA
 from pingforward.watchdog import Watchdog
 
 MAX_FORWARD_URL: Final = 2048
@@ -62,10 +62,6 @@ class Outcome:
     text: str
     fault: FaultCode | None = None
     status: int | None = None  # the receiver's last HTTP status, if it answered at all
-
-
-class ForwardError(ValueError):
-    """The `forward` query parameter is missing or unusable (pingback fault 0)."""
 
 
 # The raw `forward` parameter, as it is written in the query string.
@@ -252,17 +248,18 @@ async def forward(
             return await _post(transport, ping, url, client_ip, heard)
     except Refused as exc:
         return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
-    except (TimeoutError, httpx.TimeoutException):
+    except TimeoutError:
         if heard:  # the deadline came while its body was being read: the status has decided
             status, location = heard[0]
             return classify(ping, status, b"", location)
         return _upstream(f"no answer within {timeout:g} s")
-    except httpx.ConnectError as exc:
-        if isinstance(exc.__cause__, ResolveError):  # its words name the host and why: no internals
-            return _upstream(str(exc.__cause__))
-        return _upstream("could not connect (DNS, TCP or TLS)")
-    except (httpx.HTTPError, httpx.InvalidURL):
-        return _upstream("broken HTTP exchange")
+    except OutboundError as exc:  # its words name the host and port and what went wrong: no internals
+        if heard and isinstance(exc, OutboundTimeout):
+            status, location = heard[0]
+            return classify(ping, status, b"", location)
+        return _upstream(exc.reason)
+    except httpx.InvalidURL:
+        return _upstream("the forward URL cannot be requested")
 
 
 async def _post(
@@ -316,6 +313,6 @@ async def _read_quote(stream: httpx.AsyncByteStream) -> bytes | None:
             answer += chunk
             if len(answer) > MAX_ANSWER or loop.time() > give_up:
                 return None
-    except httpx.HTTPError:  # stalled past the grace, cut, reset: the status has already answered
+    except OutboundError:  # stalled past the grace, cut, reset: the status has already answered
         return None
     return bytes(answer)

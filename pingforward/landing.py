@@ -19,9 +19,10 @@ from urllib.parse import quote, urlsplit
 
 from pingforward import PROJECT_URL, __version__
 from pingforward.config import Settings
-from pingforward.forward import ERROR_NAMES, MAX_FORWARD_URL, ForwardError, parse_forward
+from pingforward.errors import EndpointError, ForwardError, Refused
+from pingforward.forward import ERROR_NAMES, MAX_FORWARD_URL, parse_forward
+from pingforward.net.policy import SCHEME_PORTS, Policy
 from pingforward.pingback import FaultCode, is_http_url
-from pingforward.policy import SCHEME_PORTS, Policy, Refused
 
 EXAMPLE_ENDPOINT: Final = "https://webmention.io/example.com/webmention"
 INSTALL: Final = f"pipx install git+{PROJECT_URL}"
@@ -74,10 +75,6 @@ class Tags:
     @property
     def header(self) -> str:
         return f"X-Pingback: {self.href}"
-
-
-class EndpointError(ValueError):
-    """The endpoint typed into the form cannot be forwarded to; the message says why."""
 
 
 def tags_for(page_url: str, endpoint: str, policy: Policy) -> Tags:

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from defusedxml import DefusedXmlException
 from defusedxml.xmlrpc import DefusedExpatParser
 
+from pingforward.errors import PingforwardError
+
 PINGBACK_PING: Final = "pingback.ping"
 LIST_METHODS: Final = "system.listMethods"
 METHODS: Final = (PINGBACK_PING, LIST_METHODS)
@@ -64,7 +66,7 @@ class FaultCode(IntEnum):
     INTERNAL_ERROR = xmlrpc.client.INTERNAL_ERROR, "server error. internal xml-rpc error"
 
 
-class Fault(Exception):
+class Fault(PingforwardError):
     """An XML-RPC fault: one of `FaultCode` plus a message (the code's own by default)."""
 
     def __init__(self, code: FaultCode, message: str | None = None) -> None:

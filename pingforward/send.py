@@ -22,10 +22,10 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
+from pingforward.errors import Failure, FeedError, OutboundError, PingforwardError, Refused
 from pingforward.feed import ACCEPT as FEED_ACCEPT
-from pingforward.feed import Feed, FeedError, FeedFormat, pick, read_feed
+from pingforward.feed import Feed, FeedFormat, pick, read_feed
 from pingforward.pingback import Fault, FaultCode, Ping, RemoteFault, is_http_url, parse_answer, render_call
-from pingforward.policy import Refused
 from pingforward.webmention import Endpoint, Protocol, discover, extract_links, is_html, media_type
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class FeedReport:
         return all(entry.ok for entry in self.entries)
 
 
-class SendError(Exception):
+class SendError(PingforwardError):
     """A page or endpoint could not be used; `status` is its bucket and the message says why."""
 
     def __init__(self, status: Status, detail: str) -> None:
@@ -205,7 +205,6 @@ async def _exchange(
     headers: dict[str, str] | None = None,
 ) -> _Answer:
     """One request and a bounded read of its answer; transport problems become `SendError`."""
-    host = urlsplit(url).hostname or url
     budget.spend()
     try:
         request = client.build_request(method, url, content=content, headers=headers)
@@ -221,14 +220,12 @@ async def _exchange(
         return _Answer(str(response.url), response.status_code, tuple(response.headers.multi_items()), body)
     except Refused as exc:  # the address policy, checked on every hop and every connection
         raise SendError(unusable, f"refused: {exc.reason}") from None
-    except httpx.TimeoutException:
-        raise SendError(Status.ERROR, f"{host}: no answer in time") from None
-    except httpx.NetworkError:
-        raise SendError(Status.ERROR, f"{host}: could not connect or the connection broke") from None
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+    except OutboundError as exc:  # the network layer's words name the host and the kind of failure
+        if exc.failure is Failure.URL:
+            raise SendError(unusable, f"unusable URL {url!r}: {exc.reason}") from None
+        raise SendError(Status.ERROR, exc.reason) from None
+    except httpx.InvalidURL as exc:
         raise SendError(unusable, f"unusable URL {url!r}: {exc}") from None
-    except httpx.HTTPError as exc:  # a malformed answer, a proxy error...
-        raise SendError(Status.ERROR, f"{host}: {type(exc).__name__}: {exc}") from None
 
 
 async def _fetch(

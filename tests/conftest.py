@@ -29,13 +29,13 @@ def anyio_backend() -> str:
 
 
 class PoolMocker(respx.mocks.AbstractRequestMocker):
-    """Lets respx answer in place of pingforward.pool.Pool, as it does for httpcore's pool by default.
+    """Lets respx answer in place of pingforward.net.pool.Pool, as it does for httpcore's pool by default.
 
     The layers above it (PolicyTransport's URL check, the client, redirects) still run; only sockets are mocked.
     """
 
     name = "pingforward-pool"
-    targets = ["pingforward.pool.Pool"]
+    targets = ["pingforward.net.pool.Pool"]
     target_methods = ["handle_async_request"]
 
     @classmethod

@@ -13,9 +13,10 @@ from asgi_lifespan import LifespanManager
 from starlette.responses import PlainTextResponse
 
 from pingforward import app as app_module
-from pingforward import policy as policy_module
 from pingforward.app import create_app, forwarded_client
 from pingforward.config import Settings
+from pingforward.errors import Refused
+from pingforward.net import policy as policy_module
 from pingforward.pingback import FaultCode
 from tests.conftest import load
 
@@ -223,7 +224,7 @@ def test_caches_keep_only_short_keys() -> None:
     assert endpoint.destinations(FORWARD[1:].encode(), "https", "proxy.test").unusable is None
     assert endpoint._cached.cache_info().currsize == 1
     before = policy_module._cached_refusal.cache_info().currsize
-    with pytest.raises(policy_module.Refused):
+    with pytest.raises(Refused):
         Settings().policy.check_url("ftp://site.example/" + "a" * 3000)
     assert policy_module._cached_refusal.cache_info().currsize == before
     before = app_module._short_fault.cache_info().currsize

@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from pingforward.app import create_app
-from pingforward.config import ConfigError, Settings
+from pingforward.config import Settings
+from pingforward.errors import ConfigError
 
 TOKEN = "s3cret-token-0123456789"
 

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 import xmlrpc.client
 from urllib.parse import quote
 
@@ -24,15 +22,20 @@ from pingforward.check import (
 )
 from pingforward.cli import main
 from pingforward.config import Settings
+from pingforward.errors import (
+    BrokenAnswer,
+    ConnectFailed,
+    Failure,
+    OutboundError,
+    OutboundTimeout,
+    Refused,
+    ResolveError,
+)
+from pingforward.net.resolver import Resolver
+from pingforward.net.transport import LIMITS, PolicyTransport, make_client
 from pingforward.pingback import is_http_url
-from pingforward.transport import make_client
+from tests.dns import Zone, dns_server
 from tests.servers import Answer, free_port, serve_app, serve_site
-
-
-def _caused(exc: httpx.HTTPError, cause: BaseException) -> httpx.HTTPError:
-    exc.__cause__ = cause
-    return exc
-
 
 PF = "https://pf.example/?forward="
 WM = "https://wm.example/webmention"
@@ -288,35 +291,44 @@ async def test_check_unreachable(local_settings: Settings) -> None:
 @pytest.mark.parametrize(
     ("exc", "words"),
     [
-        pytest.param(httpx.ReadTimeout("timed out"), "site.example did not answer in time", id="timeout"),
-        pytest.param(httpx.ConnectTimeout("x"), "site.example did not answer in time", id="connect-timeout"),
+        pytest.param(OutboundTimeout("no answer from x"), "site.example did not answer in time", id="timeout"),
+        pytest.param(OutboundTimeout("no slot", Failure.BUSY), "site.example did not answer in time", id="busy"),
+        pytest.param(ResolveError("cannot resolve x"), "there is no host site.example", id="dns"),
+        pytest.param(ConnectFailed("x", Failure.REFUSED), "refused the connection", id="refused"),
+        pytest.param(ConnectFailed("x", Failure.RESET), "site.example broke off the connection", id="reset"),
+        pytest.param(ConnectFailed("x", Failure.UNREACHABLE), "no route to site.example", id="unreachable"),
+        pytest.param(ConnectFailed("x", Failure.TLS), "TLS handshake with site.example failed", id="tls"),
+        pytest.param(BrokenAnswer("x"), "site.example broke off the exchange", id="protocol"),
+        pytest.param(OutboundError("x", Failure.URL), "not a URL that can be fetched", id="url"),
+        pytest.param(httpx.InvalidURL("x"), "not a URL that can be fetched", id="invalid"),
         pytest.param(
-            _caused(httpx.ConnectError("x"), socket.gaierror(-2, "Name or service not known")),
-            "there is no host site.example",
-            id="dns",
+            Refused("port 22 is not allowed (PINGFORWARD_ALLOWED_PORTS)"), "PINGFORWARD_ALLOWED_PORTS", id="policy"
         ),
-        pytest.param(
-            _caused(httpx.ConnectError("x"), ConnectionRefusedError(111, "Connection refused")),
-            "refused the connection",
-            id="refused",
-        ),
-        pytest.param(
-            _caused(httpx.ConnectError("x"), ssl.SSLCertVerificationError(1, "bad")),
-            "TLS certificate of site.example",
-            id="certificate",
-        ),
-        pytest.param(
-            _caused(httpx.ConnectError("x"), ssl.SSLError(1, "bad")), "TLS handshake with site.example failed", id="tls"
-        ),
-        pytest.param(httpx.ConnectError("x"), "could not connect to site.example", id="connect"),
-        pytest.param(httpx.RemoteProtocolError("x"), "site.example broke off the exchange", id="protocol"),
-        pytest.param(httpx.UnsupportedProtocol("x"), "not a URL that can be fetched", id="url"),
     ],
 )
-def test_errors_in_a_site_owners_words(exc: httpx.HTTPError, words: str) -> None:
+def test_errors_in_a_site_owners_words(exc: OutboundError | httpx.InvalidURL, words: str) -> None:
     text = explain(exc, "https://site.example/post")
     assert words in text
     assert type(exc).__name__ not in text and "Errno" not in text
+
+
+@pytest.mark.anyio
+async def test_a_name_that_does_not_exist_is_named_so(local_settings: Settings) -> None:
+    # Through the real resolver (c-ares), asking a DNS server that answers NXDOMAIN for the name.
+    with dns_server(Zone({})) as (host, port):
+        resolver = Resolver(nameservers=[f"{host}:{port}"], timeout=2.0)
+
+        async def resolve(name: str, port: int) -> tuple[str, ...]:
+            return await resolver.resolve(name)
+
+        transport = PolicyTransport(local_settings.policy, LIMITS, resolver=resolve)
+        async with make_client(local_settings, transport) as client:
+            analysis = await check(client, "http://no-such-host.invalid/a-post")
+        await resolver.aclose()
+    assert [finding.text for finding in analysis.findings] == [
+        "could not fetch http://no-such-host.invalid/a-post: there is no host no-such-host.invalid "
+        "(check the spelling, or the DNS)"
+    ]
 
 
 def test_pingback_only_page_passes_once_a_ping_is_delivered(

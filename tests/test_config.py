@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from pingforward.config import ConfigError, LogFormat, Settings
-from pingforward.policy import DEFAULT_PORTS
+from pingforward.config import LogFormat, Settings
+from pingforward.errors import ConfigError
+from pingforward.net.policy import DEFAULT_PORTS
 
 
 def test_defaults() -> None:

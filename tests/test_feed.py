@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pingforward.feed import Entry, Feed, FeedError, FeedFormat, parse_date, pick, read_feed
+from pingforward.errors import FeedError
+from pingforward.feed import Entry, Feed, FeedFormat, parse_date, pick, read_feed
 
 BASE = "https://blog.example/feed"
 RSS = [("Content-Type", "application/rss+xml")]

@@ -19,10 +19,11 @@ from hypothesis.provisional import urls
 
 from pingforward.app import create_app
 from pingforward.config import Settings
+from pingforward.errors import EndpointError
 from pingforward.forward import parse_forward
-from pingforward.landing import EXAMPLE_ENDPOINT, INSTALL, EndpointError, render, tags_for
+from pingforward.landing import EXAMPLE_ENDPOINT, INSTALL, render, tags_for
+from pingforward.net.policy import Policy
 from pingforward.pingback import FaultCode
-from pingforward.policy import Policy
 from tests.servers import run_cli_server
 
 PAGE = "https://pf.example/"

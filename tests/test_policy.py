@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from pingforward.policy import Policy, Refused, address_refusal, host_literal
+from pingforward.errors import Refused
+from pingforward.net.policy import Policy, address_refusal, host_literal
 
 # Address -> the rule that refuses it (None: globally routable, allowed).
 ADDRESS_CASES = [

@@ -1,4 +1,4 @@
-"""Property test of pingforward.pool: answers that hypothesis writes, cut anywhere, on one kept-alive connection.
+"""Property test of pingforward.net.pool: answers that hypothesis writes, cut anywhere, on one kept-alive connection.
 
 A real asyncio server on 127.0.0.1 answers 2-4 requests with generated answers (RFC 9112: Content-Length,
 chunked with extensions and trailers, or close-delimited bodies; 204/304 without content; 1xx interim answers;
@@ -17,7 +17,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pingforward.pool import Pool
+from pingforward.net.pool import Pool
 from tests.test_pool import client, loopback
 
 INTERIM = [  # RFC 9110 §15.2: any number of these may precede the final answer

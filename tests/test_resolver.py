@@ -1,4 +1,4 @@
-"""pingforward.resolver against a DNS server the test runs on 127.0.0.1: caching, sharing, timeouts, literals."""
+"""pingforward.net.resolver against a DNS server the test runs on 127.0.0.1: caching, sharing, timeouts, literals."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pingforward.resolver import LOOKUP_TIMEOUT, ResolveError, Resolver
-from pingforward.transport import destination_of
+from pingforward.errors import ResolveError
+from pingforward.net.resolver import LOOKUP_TIMEOUT, Resolver
+from pingforward.net.transport import destination_of
 from tests.dns import Name, Zone, dns_server
 
 pytestmark = pytest.mark.anyio

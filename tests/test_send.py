@@ -13,6 +13,7 @@ import pytest
 import respx
 
 from pingforward.config import Settings
+from pingforward.net.transport import make_client
 from pingforward.send import (
     Limits,
     Report,
@@ -25,7 +26,6 @@ from pingforward.send import (
     notify,
     send,
 )
-from pingforward.transport import make_client
 from pingforward.webmention import Protocol
 
 

@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from pingforward.config import Settings
+from pingforward.net.transport import make_client
 from pingforward.send import Limits, Status, fetch_source, send
-from pingforward.transport import make_client
 from pingforward.webmention import Protocol
 from tests import servers
 from tests.servers import Answer, Site

@@ -24,8 +24,8 @@ from pingforward.app import MAX_SENDS, create_app
 from pingforward.cli import main
 from pingforward.config import Settings
 from pingforward.feed import FeedFormat
+from pingforward.net.transport import make_client
 from pingforward.send import Limits, SendError, Status, fetch_feed
-from pingforward.transport import make_client
 from tests import servers
 from tests.servers import Answer, Site
 

@@ -14,8 +14,9 @@ import httpx
 import pytest
 import trustme
 
-from pingforward.policy import Policy, Refused
-from pingforward.transport import PolicyTransport
+from pingforward.errors import ConnectFailed, Refused, ResolveError
+from pingforward.net.policy import Policy
+from pingforward.net.transport import PolicyTransport
 
 LIMITS = httpx.Limits(max_connections=10)
 
@@ -30,7 +31,7 @@ class FakeDNS:
     async def __call__(self, host: str, port: int) -> list[str]:
         self.lookups.append(host)
         if host not in self.table:
-            raise httpx.ConnectError(f"cannot resolve {host}")
+            raise ResolveError(f"cannot resolve {host}")
         return self.table[host]
 
 
@@ -95,9 +96,9 @@ async def test_connection_goes_to_the_checked_address(dns: FakeDNS, listener: tu
 
 
 @pytest.mark.anyio
-async def test_unknown_name_is_a_connect_error(dns: FakeDNS) -> None:
+async def test_unknown_name_is_a_resolve_error(dns: FakeDNS) -> None:
     async with client(dns, Policy()) as http:
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(ResolveError):
             await http.post("https://nowhere.test/wm")
 
 
@@ -142,5 +143,5 @@ async def test_tls_verifies_the_real_host_name(dns: FakeDNS, tls_listener: int, 
     async with client(dns, Policy(allowed_ports=None, allow_private_networks=True), context) as http:
         assert (await http.get(f"https://pinned.test:{tls_listener}/")).status_code == 202
         # Same address, but the certificate is not for this name: connecting by IP must not skip the check.
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+        with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED|certificate"):
             await http.get(f"https://impostor.test:{tls_listener}/")

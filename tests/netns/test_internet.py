@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pingforward.resolver import LOOKUP_TIMEOUT
+from pingforward.net.resolver import LOOKUP_TIMEOUT
 from tests.dns import Name, Zone
 from tests.netns.conftest import HANGING, RECEIVER, RawServer, answer, raw_server, read_request
 from tests.servers import Receiver, ping, proxy, receiver

@@ -21,9 +21,10 @@ import httpx
 
 from pingforward import PROJECT_URL, __version__
 from pingforward.config import Settings
-from pingforward.policy import Policy, embedded_ipv4
-from pingforward.pool import Pool
-from pingforward.resolver import Resolver
+from pingforward.errors import BrokenAnswer, ConnectFailed, Failure, OutboundError, OutboundTimeout
+from pingforward.net.policy import Policy, embedded_ipv4
+from pingforward.net.pool import Pool
+from pingforward.net.resolver import Resolver
 
 USER_AGENT = f"pingforward/{__version__} (+{PROJECT_URL})"
 # RFC 9110 §7.6.3: gateways add Via. app.py refuses requests that carry it, so a forward URL
@@ -90,12 +91,26 @@ class PolicyTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self._policy.check_url(str(request.url))
-        return await self._pool.handle_async_request(request)
+        try:
+            return await self._pool.handle_async_request(request)
+        except httpx.TransportError as exc:  # from a pool stood in for in tests (respx): ours, as the pool's own
+            raise outbound_error(exc, request.url.host) from exc
 
     async def aclose(self) -> None:
         await self._pool.aclose()
         if self._resolver is not None:
             await self._resolver.aclose()
+
+
+def outbound_error(exc: httpx.TransportError, host: str) -> OutboundError:
+    """httpx's name for a failed exchange as the network layer's own (errors.OutboundError)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return OutboundTimeout(f"no answer from {host} in time")
+    if isinstance(exc, httpx.ConnectError):
+        return ConnectFailed(f"could not connect to {host}")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return OutboundError(f"cannot send that request to {host}", Failure.URL)
+    return BrokenAnswer(f"broken exchange with {host}")
 
 
 class _NoCookies(httpx.Cookies):

@@ -24,7 +24,8 @@ from typing import Final
 import aiodns
 import aiodns.error
 
-from pingforward.policy import host_literal
+from pingforward.errors import ResolveError
+from pingforward.net.policy import host_literal
 
 # One lookup, all retries and servers included, takes at most this long: well under the 10 s a ping
 # may take, so a silent name costs its own ping a known slice of its deadline and nothing else.
@@ -55,10 +56,6 @@ def _literal(host: str) -> tuple[str] | None:
     if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped is not None:
         literal = literal.ipv4_mapped
     return (str(literal),)
-
-
-class ResolveError(OSError):
-    """A name could not be resolved; the message says why, in words for the ping's fault string."""
 
 
 class Resolver:

@@ -10,12 +10,15 @@ HTTP/1.1 only (RFC 9112), one request at a time per connection, no proxies.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final, NoReturn
 
 import httptools
 import httpx
+
+from pingforward.errors import BrokenAnswer, ConnectFailed, Failure, OutboundError, OutboundTimeout, ResolveError
 
 Origin = tuple[str, str, int]  # scheme, host, port: TLS verified for a host is only reused for that host
 Resolve = Callable[[str, int], Awaitable[Sequence[str]]]  # (host, port) -> addresses to try, in order
@@ -51,7 +54,12 @@ class _Connection(asyncio.Protocol):
         self.head_size = self.field_size = 0
         self.head_done = self.complete = self.keep_alive = self.received = False
         self.head_only = False
-        self.error: httpx.TransportError | None = None
+        self.error: OutboundError | None = None
+
+    @property
+    def where(self) -> str:
+        """The peer as log lines and fault strings name it: host and port."""
+        return f"{self.origin[1]} port {self.origin[2]}"
 
     @property
     def usable(self) -> bool:
@@ -77,7 +85,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.busy or self.complete:
             # Bytes nobody asked for (RFC 9112 §9.3): the connection is out of step, never reuse it.
-            self._fail(httpx.RemoteProtocolError("unexpected data from the server"))
+            self._fail(BrokenAnswer(f"unexpected data from {self.where}"))
             return
         self.received = True
         if not self.head_done:
@@ -85,11 +93,11 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed answer: {exc}"))
+            self._fail(BrokenAnswer(f"malformed answer from {self.where}: {exc}"))
             return
         # While the head is incomplete every byte was head; once it is, its fields tell its size.
         if (self.field_size if self.head_done else self.head_size) > MAX_HEAD:
-            self._fail(httpx.RemoteProtocolError(f"answer head longer than {MAX_HEAD} bytes"))
+            self._fail(BrokenAnswer(f"answer head from {self.where} longer than {MAX_HEAD} bytes"))
             return
         if self.buffered > HIGH_WATER and self.transport is not None and not self.paused:
             self.transport.pause_reading()
@@ -106,9 +114,11 @@ class _Connection(asyncio.Protocol):
                 # (a close, not a reset: §8, an answer cut by an error is incomplete).
                 self.complete = True
             elif exc is not None:
-                self.error = httpx.ReadError(str(exc) or type(exc).__name__)
+                self.error = ConnectFailed(
+                    f"connection to {self.where} cut: {exc or type(exc).__name__}", Failure.RESET
+                )
             else:
-                self.error = httpx.RemoteProtocolError("server disconnected without a complete answer")
+                self.error = BrokenAnswer(f"{self.where} closed the connection without a complete answer")
         self._wake()
 
     # --- httptools callbacks ---
@@ -150,7 +160,7 @@ class _Connection(asyncio.Protocol):
     def _framed(self) -> bool:
         return any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
 
-    def _fail(self, error: httpx.TransportError) -> None:
+    def _fail(self, error: OutboundError) -> None:
         if self.error is None:
             self.error = error
         self.close()
@@ -158,7 +168,7 @@ class _Connection(asyncio.Protocol):
 
     def _stop(self) -> NoReturn:
         """Fail the connection and stop httptools mid-feed, before what follows reaches this answer."""
-        self._fail(httpx.RemoteProtocolError("unexpected data from the server"))
+        self._fail(BrokenAnswer(f"unexpected data from {self.where}"))
         raise httptools.HttpParserError("unexpected data")  # data_received catches it
 
     def _wake(self) -> None:
@@ -166,7 +176,7 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_result(None)
 
     async def wait(self, timeout: float | None) -> None:
-        """Until bytes, the end of the answer, or an error arrive; httpx.ReadTimeout after `timeout`."""
+        """Until bytes, the end of the answer, or an error arrive; `OutboundTimeout` after `timeout`."""
         loop = asyncio.get_running_loop()
         self.waiter = loop.create_future()
         timer = None if timeout is None else loop.call_later(timeout, self._time_out, timeout)
@@ -178,7 +188,7 @@ class _Connection(asyncio.Protocol):
                 timer.cancel()
 
     def _time_out(self, timeout: float) -> None:
-        self._fail(httpx.ReadTimeout(f"no answer within {timeout} s"))
+        self._fail(OutboundTimeout(f"no answer from {self.where} within {timeout:g} s"))
 
     async def send(self, message: bytes, timeout: float | None, head_only: bool) -> None:
         """Send one request and wait for the head of its answer."""
@@ -272,7 +282,9 @@ class Slots:
                             line.slots.release()
                             raise
                 except TimeoutError:
-                    raise httpx.PoolTimeout(f"no free connection to {destination} within {timeout} s") from None
+                    raise OutboundTimeout(
+                        f"no free connection to {destination} within {timeout:g} s", Failure.BUSY
+                    ) from None
             else:  # neither waits: no timer
                 await line.slots.acquire()
                 await self._total.acquire()
@@ -334,7 +346,7 @@ class Pool(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         if url.scheme not in DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"cannot send to {url.scheme!r} URLs")
+            raise OutboundError(f"cannot send to {url.scheme!r} URLs", Failure.URL)
         origin = (url.scheme, url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS[url.scheme])
         timeout = request.extensions.get("timeout", {})
         message = _message(request, await request.aread())
@@ -349,7 +361,7 @@ class Pool(httpx.AsyncBaseTransport):
                 async with asyncio.timeout(connect):
                     addresses = await self._addresses(origin)
             except TimeoutError:
-                raise httpx.ConnectTimeout(f"no address for {origin[1]} within {connect} s") from None
+                raise OutboundTimeout(f"no address for {origin[1]} within {connect:g} s", Failure.DNS) from None
         destination = self._destination_of(addresses[0])
         await self.slots.acquire(destination, timeout.get("pool"))
         connection = None
@@ -369,12 +381,9 @@ class Pool(httpx.AsyncBaseTransport):
 
     async def _addresses(self, origin: Origin) -> Sequence[str]:
         _, host, port = origin
-        try:
-            addresses = await self._resolve(host, port)
-        except OSError as exc:  # no such name, no answer in time
-            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        addresses = await self._resolve(host, port)  # raises ResolveError or Refused
         if not addresses:
-            raise httpx.ConnectError(f"no address for {host}")
+            raise ResolveError(f"no address for {host}")
         return addresses
 
     async def _exchange(
@@ -386,7 +395,7 @@ class Pool(httpx.AsyncBaseTransport):
             try:
                 await connection.send(message, timeout.get("read"), method == "HEAD")
                 return connection
-            except (httpx.ReadError, httpx.RemoteProtocolError):
+            except (ConnectFailed, BrokenAnswer):
                 # Only a failure right after the write is that race; a receiver that closed after
                 # working on the request for a while may have taken it, and gets it once only.
                 if self._loop_time() - sent > RETRY_WINDOW:
@@ -419,9 +428,9 @@ class Pool(httpx.AsyncBaseTransport):
                         error = exc
                 raise error
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"no connection to {host} within {timeout} s") from None
+            raise OutboundTimeout(f"no connection to {host} port {port} within {timeout:g} s") from None
         except OSError as exc:
-            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+            raise connect_failure(exc, host, port) from exc
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -484,6 +493,22 @@ class Pool(httpx.AsyncBaseTransport):
         await asyncio.gather(*(connection.aclose() for connection in idle))
 
 
+def connect_failure(exc: OSError, host: str, port: int) -> ConnectFailed:
+    """A failed connection attempt, in words that say what kind of failure it was."""
+    where = f"{host} port {port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectFailed(f"TLS certificate of {host} not valid: {exc.verify_message}", Failure.TLS)
+    if isinstance(exc, ssl.SSLError):
+        return ConnectFailed(f"TLS handshake with {where} failed: {exc.reason or exc}", Failure.TLS)
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectFailed(f"connection to {where} refused", Failure.REFUSED)
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return ConnectFailed(f"connection to {where} reset", Failure.RESET)
+    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return ConnectFailed(f"no route to {where}", Failure.UNREACHABLE)
+    return ConnectFailed(f"could not connect to {where}: {exc.strerror or exc}", Failure.REFUSED)
+
+
 def _message(request: httpx.Request, body: bytes) -> bytes:
     """The request as bytes (RFC 9112 §3); a streamed body is sent as one chunk (§7.1)."""
     lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
@@ -494,7 +519,7 @@ def _message(request: httpx.Request, body: bytes) -> bytes:
     head = b"\r\n".join(lines)
     # RFC 9110 §5.5: a CR, LF or NUL inside a field value would split or end the head.
     if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1 or b"\0" in head:
-        raise httpx.LocalProtocolError("a header field contains CR, LF or NUL")
+        raise OutboundError("a header field contains CR, LF or NUL", Failure.URL)
     if chunked:
         body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
     return head + b"\r\n\r\n" + body

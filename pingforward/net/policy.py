@@ -15,19 +15,13 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from pingforward.errors import Refused
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_PORTS: Final = frozenset({80, 443, 8080, 8443})
 MAX_CACHED_URL: Final = 2048  # as long as a forward URL may be; longer ones are checked afresh each time
 SCHEME_PORTS: Final = {"http": 80, "https": 443}
-
-
-class Refused(Exception):
-    """The policy refuses a URL or an address; `reason` says which rule (pingback fault 49)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 def _nets(*specs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
