@@ -20,9 +20,10 @@ import httpx
 
 from pingforward.errors import Failure, ForwardError, OutboundError, Refused
 from pingforward.forward import parse_forward
+from pingforward.markup import decode, header_values
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
 from pingforward.send import read_capped
-from pingforward.webmention import decode, discover_webmention, header_values, pingback_link, rel_hrefs
+from pingforward.webmention import discover_webmention, pingback_link, rel_hrefs
 
 MAX_PAGE: Final = 1024 * 1024
 MAX_ANSWER: Final = 64 * 1024

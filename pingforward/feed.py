@@ -2,7 +2,7 @@
 
 Pure: a document is (final URL, headers, body) and the answer is a `Feed` or the URL of the feed a
 page points to. RSS and Atom go through feedparser, JSON Feed through json, h-feed through the
-tokenizer of webmention.py. Specs: https://www.rssboard.org/rss-specification (RSS 2.0),
+scanner of markup.py. Specs: https://www.rssboard.org/rss-specification (RSS 2.0),
 https://www.rfc-editor.org/rfc/rfc4287 (Atom), https://www.jsonfeed.org/version/1.1/ (JSON Feed),
 https://microformats.org/wiki/h-feed and https://microformats.org/wiki/rel-alternate.
 """
@@ -22,21 +22,8 @@ from typing import Any, Final
 from urllib.parse import urldefrag, urljoin
 
 from pingforward.errors import FeedError
+from pingforward.markup import MF2_ROOT, Headers, OpenElements, decode, is_html, media_type, tags, words
 from pingforward.pingback import is_http_url
-
-# The linear HTML tokenizer and helpers of webmention.py (see the comment above `_html_tokens`
-# there: html.parser is not linear on hostile pages, and a tree builder is not needed).
-from pingforward.webmention import (
-    _ROOT_CLASS,
-    _VOID,
-    Headers,
-    _html_tokens,
-    _tokens,
-    decode,
-    header_values,
-    is_html,
-    media_type,
-)
 
 
 class FeedFormat(StrEnum):
@@ -114,37 +101,11 @@ def _looks_like_xml_feed(start: bytes) -> bool:
 # entity is refused before feedparser sees it. The check runs on the text as feedparser will
 # decode it (below), so no encoding can hide a declaration. Real feeds declare none.
 _ENTITY_DECLARATION: Final = re.compile(r"<!ENTITY", re.IGNORECASE)
-_XML_ENCODING: Final = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
-_CHARSET: Final = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:-]+)""", re.IGNORECASE)
-_BOMS: Final = (
-    (b"\xef\xbb\xbf", "utf-8-sig"),
-    (b"\xff\xfe\x00\x00", "utf-32"),
-    (b"\x00\x00\xfe\xff", "utf-32"),
-    (b"\xff\xfe", "utf-16"),
-    (b"\xfe\xff", "utf-16"),
-)
-
-
-def _xml_text(headers: Headers, body: bytes) -> str:
-    """The XML as text: a BOM, then the Content-Type charset (RFC 7303 §3), then the XML declaration, else UTF-8."""
-    for bom, name in _BOMS:
-        if body.startswith(bom):
-            return body.decode(name, "replace")
-    content_type = header_values(headers, "content-type")
-    declared = _CHARSET.search(content_type[0]) if content_type else None
-    found = _XML_ENCODING.match(body)
-    for label in (declared and declared[1], found and found[1].decode("ascii")):
-        if label:
-            try:
-                return body.decode(label, "replace")
-            except LookupError:
-                continue
-    return body.decode("utf-8", "replace")
 
 
 def parse_xml_feed(url: str, headers: Headers, body: bytes) -> Feed:
     """An RSS or Atom feed; raise `FeedError` if it is neither, or declares entities."""
-    text = _xml_text(headers, body)
+    text = decode(headers, body, xml=True)
     if _ENTITY_DECLARATION.search(text):
         raise FeedError("the feed declares XML entities, which are refused")
     import feedparser  # only for feeds: it takes a while to import, and a proxy worker never needs it
@@ -208,11 +169,11 @@ def feed_links(url: str, text: str) -> tuple[str, ...]:
     pages link their REST API record as an application/json alternate.
     """
     found: dict[str, bool] = {}
-    for is_start, name, attributes in _html_tokens(text):
+    for is_start, name, attributes in tags(text):
         if not (is_start and name == "link" and "href" in attributes):
             continue
         kind = attributes.get("type", "").split(";", 1)[0].strip().lower()
-        if "alternate" in _tokens(attributes.get("rel", "")) and kind in FEED_TYPES:
+        if "alternate" in words(attributes.get("rel", "")) and kind in FEED_TYPES:
             if is_http_url(link := urljoin(url, attributes["href"].strip())):
                 found.setdefault(link, kind == "application/json")
     return tuple(sorted(found, key=found.__getitem__))  # stable: document order within each group
@@ -220,8 +181,8 @@ def feed_links(url: str, text: str) -> tuple[str, ...]:
 
 def rel_feed(url: str, text: str) -> str | None:
     """The page a `rel="feed"` link names (microformats.org/wiki/rel-feed): where the h-feed is."""
-    for is_start, name, attributes in _html_tokens(text):
-        if is_start and name in ("a", "link") and "href" in attributes and "feed" in _tokens(attributes.get("rel", "")):
+    for is_start, name, attributes in tags(text):
+        if is_start and name in ("a", "link") and "href" in attributes and "feed" in words(attributes.get("rel", "")):
             link = urljoin(url, attributes["href"].strip())
             return link if is_http_url(link) else None
     return None
@@ -246,19 +207,16 @@ def h_entries(url: str, text: str) -> tuple[Entry, ...]:
     `datetime` (`<time>`), `value` (`<data>`) or `title` (`<abbr>`) attribute; text is not read.
     """
     found: list[_HEntry] = []
-    # Per open element: its tag, the nearest root it belongs to (an index into `found`, -1 for
+    # Per open element: the nearest root it belongs to (an index into `found`, -1 for
     # none or another kind of root), and whether it is inside an h-entry.
-    stack: list[tuple[str, int, bool]] = []
-    open_count: dict[str, int] = {}
-    for is_start, name, attributes in _html_tokens(text):
+    open_elements: OpenElements[tuple[int, bool]] = OpenElements()
+    for is_start, name, attributes in tags(text):
         if not is_start:
-            if open_count.get(name) and name not in ("body", "html"):  # as webmention._scan closes them
-                while (closed := stack.pop())[0] != name:
-                    open_count[closed[0]] -= 1
-                open_count[name] -= 1
+            open_elements.close(name)
             continue
-        owner, in_entry = (stack[-1][1], stack[-1][2]) if stack else (-1, False)
-        classes = _tokens(attributes.get("class", ""))
+        owner, in_entry = open_elements.innermost or (-1, False)
+        depth = len(open_elements.stack)
+        classes = words(attributes.get("class", ""))
         href = attributes.get("href") if name in ("a", "area", "link") else None
         if owner >= 0:
             entry = found[owner]
@@ -269,16 +227,14 @@ def h_entries(url: str, text: str) -> tuple[Entry, ...]:
                 entry.published = when
             if when and "dt-updated" in classes and entry.updated is None:
                 entry.updated = when
-            if name == "a" and href is not None and len(stack) == entry.depth + 1 and entry.child_links is not None:
+            if name == "a" and href is not None and depth == entry.depth + 1 and entry.child_links is not None:
                 entry.child_links.append(href)
         if "h-entry" in classes and not in_entry:
-            found.append(_HEntry(len(stack), own_href=href, child_links=[]))
+            found.append(_HEntry(depth, own_href=href, child_links=[]))
             owner, in_entry = len(found) - 1, True
-        elif any(_ROOT_CLASS.match(item) for item in classes):
+        elif any(MF2_ROOT.match(item) for item in classes):
             owner = -1
-        if name not in _VOID:
-            stack.append((name, owner, in_entry))
-            open_count[name] = open_count.get(name, 0) + 1
+        open_elements.open(name, (owner, in_entry))
     entries = []
     for item in found:
         implied = item.child_links[0] if item.child_links and len(item.child_links) == 1 else None

@@ -25,8 +25,9 @@ import httpx
 from pingforward.errors import Failure, FeedError, OutboundError, PingforwardError, Refused
 from pingforward.feed import ACCEPT as FEED_ACCEPT
 from pingforward.feed import Feed, FeedFormat, pick, read_feed
+from pingforward.markup import is_html, media_type
 from pingforward.pingback import Fault, FaultCode, Ping, RemoteFault, is_http_url, parse_answer, render_call
-from pingforward.webmention import Endpoint, Protocol, discover, extract_links, is_html, media_type
+from pingforward.webmention import Endpoint, Protocol, discover, extract_links
 
 logger = logging.getLogger(__name__)
 

@@ -18,22 +18,26 @@ and https://microformats.org/wiki/h-entry (which part of a page is the post).
 
 from __future__ import annotations
 
-import codecs
-import html
-import html.entities
 import re
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 from urllib.parse import urldefrag, urljoin
 
+from pingforward.markup import (
+    ASCII_WHITESPACE,
+    MF2_ROOT,
+    Headers,
+    OpenElements,
+    decode,
+    header_values,
+    is_html,
+    tags,
+    words,
+)
 from pingforward.pingback import is_http_url
 
-Headers = Mapping[str, str | Sequence[str]] | Iterable[tuple[str, str]]
-"""Response headers: (name, value) pairs in order, or a mapping whose values may list repeated fields."""
-
-HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
 WEBMENTION: Final = "webmention"
 
 
@@ -58,33 +62,6 @@ class Link:
     rels: tuple[str, ...]
 
 
-# ---------------------------------------------------------------------------------------------
-# Headers
-
-
-def header_values(headers: Headers, name: str) -> list[str]:
-    """Every field named `name` (case-insensitively, rocks test 7), in order, one entry per field."""
-    name = name.lower()
-    if isinstance(headers, Mapping):
-        # httpx.Headers.items() joins repeated fields with ", " (two X-Pingback fields would
-        # become one bogus URL); its multi_items() keeps the fields apart.
-        multi_items = getattr(headers, "multi_items", None)
-        if multi_items is None:
-            return [
-                item
-                for key, value in headers.items()
-                if key.lower() == name
-                for item in ([value] if isinstance(value, str) else value)
-            ]
-        pairs: Iterable[tuple[str, str]] = multi_items()
-    else:
-        pairs = headers
-    return [value for key, value in pairs if key.lower() == name]
-
-
-# RFC 8288 §3: Link = #link-value; link-value = "<" URI-Reference ">" *( OWS ";" OWS link-param );
-# link-param = token BWS [ "=" BWS ( token / quoted-string ) ]. Parameter names are
-# case-insensitive (§3), hence the flag; a URI reference cannot contain ">" (RFC 3986).
 _URI_REFERENCE: Final = re.compile(r"[ \t]*<([^>]*)>")
 _PARAM: Final = re.compile(
     r"""[ \t]*;[ \t]*([!#$%&'*+.^_`|~0-9a-z-]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^ \t;,"]*))?""",
@@ -141,219 +118,18 @@ def parse_link_header(value: str) -> list[Link]:
             pos = _skip_link_value(value, pos)  # junk after the parameters: drop this link-value
             continue
         # §3.3: the relation types are a space-separated list, compared case-insensitively (§2.1.1).
-        links.append(Link(start[1].strip(), _tokens(rel or "")))
+        links.append(Link(start[1].strip(), words(rel or "")))
     return links
 
 
-def _ascii_lower(text: str) -> str:
-    # HTML (§2.3.3) and RFC 8288 compare keywords ASCII case-insensitively; str.lower() would
-    # also fold non-ASCII letters, such as U+212A KELVIN SIGN to "k".
-    return text.translate(_ASCII_LOWER)
-
-
-_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-_ASCII_WHITESPACE: Final = "\t\n\f\r "
-
-
-def _tokens(text: str) -> tuple[str, ...]:
-    # Split on ASCII whitespace only (HTML §2.3.8): U+00A0 inside a token is part of the token.
-    return tuple(token for token in _ASCII_SPACES.split(_ascii_lower(text)) if token)
-
-
-_ASCII_SPACES: Final = re.compile("[\t\n\f\r ]+")
-
-
-# ---------------------------------------------------------------------------------------------
-# Body decoding
-
-
-def media_type(headers: Headers) -> str:
-    """The first Content-Type's media type, lower-cased; "" when there is none."""
-    values = header_values(headers, "content-type")
-    return _ascii_lower(values[0].split(";", 1)[0].strip()) if values else ""
-
-
-def is_html(headers: Headers) -> bool:
-    """True when the body should be read as HTML: an HTML media type, or none at all."""
-    return media_type(headers) in HTML_TYPES | {""}
-
-
-_CHARSET_PARAM: Final = re.compile(r"""charset\s*=\s*["']?\s*([a-z0-9_.:-]+)""", re.IGNORECASE)
-_META_CHARSET: Final = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([a-z0-9_.:-]+)""", re.IGNORECASE)
-_BOMS: Final = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-
-
-def _codec(label: str | bytes | None) -> str | None:
-    if label is None:
-        return None
-    name = label.decode("ascii", "replace") if isinstance(label, bytes) else label
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return None
-
-
-def decode(headers: Headers, body: bytes | str) -> str:
-    """The body as text: a BOM, then the Content-Type charset, then a <meta> charset, else UTF-8."""
-    if isinstance(body, str):
-        return body
-    # A simplified form of the HTML encoding sniffing algorithm (HTML §13.2.3.2): the prescan
-    # looks at the first 1024 bytes. Undecodable bytes become U+FFFD rather than an error.
-    for bom, name in _BOMS:
-        if body.startswith(bom):
-            return body.decode(name, "replace")
-    content_type = header_values(headers, "content-type")
-    declared = _CHARSET_PARAM.search(content_type[0]) if content_type else None
-    meta = _META_CHARSET.search(body[:1024])
-    name = (declared and _codec(declared[1])) or (meta and _codec(meta[1])) or "utf-8"
-    return body.decode(name, "replace")
-
-
-# ---------------------------------------------------------------------------------------------
-# HTML: a tokenizer that finds start and end tags, and one pass that places every <a href>
-#
-# Not html.parser: on Python 3.11 it re-scans the rest of the page from every "<" that does not
-# complete a tag or comment, so "<a " repeated 13,000 times takes 28 s and a hostile 1 MB target
-# page would stall the event loop for hours; it also expands "&region=" in an href to "®ion=".
-# Nor a tree builder: lexbor (selectolax) needs minutes for 200,000 nested <div>s. This tokenizer
-# follows HTML §13.2.5 where it matters here: comments, bogus comments, raw text and escapable
-# raw text are skipped, and a construct still open at the end of the input runs to the end of
-# the input (an EOF parse error), so scanning stops there and every character is looked at once.
-
-# Elements whose content is text, not markup (HTML §13.1.2: raw text and escapable raw text
-# elements; <noscript> as a browser with scripting sees it). After <plaintext>, all is text.
-_TEXT_ONLY: Final = frozenset(
-    {"script", "style", "xmp", "iframe", "noembed", "noframes", "noscript", "title", "textarea"}
-)
-_TEXT_END: Final = {name: re.compile(f"</{name}[\t\n\f\r />]", re.IGNORECASE) for name in _TEXT_ONLY}
-# HTML §13.1.2: void elements have no end tag, so they never enclose anything.
-_VOID: Final = frozenset("area base br col embed hr img input keygen link meta param source track wbr".split())
-_TAG_NAME: Final = re.compile(r"[A-Za-z][^\t\n\f\r />]*")
-_ATTRIBUTE_GAP: Final = re.compile(r"[\t\n\f\r /]*")
-_ATTRIBUTE_NAME: Final = re.compile(r"[^\t\n\f\r />][^\t\n\f\r /=>]*")
-_ATTRIBUTE_EQUALS: Final = re.compile(r"[\t\n\f\r ]*=[\t\n\f\r ]*")
-_UNQUOTED_VALUE: Final = re.compile(r"[^\t\n\f\r >]*")
-_COMMENT_END: Final = re.compile("--!?>")
-_CHARACTER_REFERENCE: Final = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[A-Za-z][A-Za-z0-9]*;?)")
-
-Attributes = dict[str, str]
-Token = tuple[bool, str, Attributes]  # (is a start tag, lower-case name, attributes)
-
-
-def _unescape_attribute(value: str) -> str:
-    """Expand character references in an attribute value the way HTML §13.2.5.72-80 does."""
-
-    def expand(match: re.Match[str]) -> str:
-        reference = match[1]
-        if reference.startswith("#"):
-            return html.unescape(match[0])  # numeric: the spec's replacements are built in
-        if reference.endswith(";") and reference in html.entities.html5:
-            return html.entities.html5[reference]
-        # A legacy name without ";" (&copy, &not, &reg...) is left alone in an attribute when an
-        # "=" or an alphanumeric follows (§13.2.5.73), so "?a=1&region=2" keeps its "&region".
-        if (
-            not reference.endswith(";")
-            and reference in html.entities.html5
-            and value[match.end() : match.end() + 1] != "="
-        ):
-            return html.entities.html5[reference]
-        return match[0]
-
-    return _CHARACTER_REFERENCE.sub(expand, value) if "&" in value else value
-
-
-def _end(pattern: re.Pattern[str], text: str, pos: int) -> int:
-    """Where a pattern that also matches "" stops matching from `pos`."""
-    match = pattern.match(text, pos)
-    assert match is not None
-    return match.end()
-
-
-def _attributes(text: str, pos: int) -> tuple[Attributes, int] | None:
-    """The attributes of a start tag from `pos` and the position after its ">"; None at EOF."""
-    attributes: Attributes = {}
-    while True:
-        pos = _end(_ATTRIBUTE_GAP, text, pos)
-        if pos >= len(text):
-            return None
-        if text[pos] == ">":
-            return attributes, pos + 1
-        name_match = _ATTRIBUTE_NAME.match(text, pos)
-        assert name_match is not None  # text[pos] is none of the gap characters nor ">"
-        pos, value = name_match.end(), ""
-        if equals := _ATTRIBUTE_EQUALS.match(text, pos):
-            pos = equals.end()
-            if pos >= len(text):
-                return None
-            if text[pos] in "\"'":
-                end = text.find(text[pos], pos + 1)
-                if end == -1:
-                    return None
-                value, pos = text[pos + 1 : end], end + 1
-            else:
-                end = _end(_UNQUOTED_VALUE, text, pos)
-                value, pos = text[pos:end], end
-        # §13.2.5.33: a repeated attribute is a parse error and the first one counts.
-        attributes.setdefault(_ascii_lower(name_match[0]), _unescape_attribute(value))
-
-
-def _html_tokens(text: str) -> Iterator[Token]:
-    """Start and end tags in document order; everything else is skipped."""
-    pos = 0
-    while (lt := text.find("<", pos)) != -1:
-        after = text[lt + 1 : lt + 2]
-        if after.isascii() and after.isalpha():  # §13.2.5.6 tag open state
-            name_match = _TAG_NAME.match(text, lt + 1)
-            assert name_match is not None
-            name = _ascii_lower(name_match[0])
-            parsed = _attributes(text, name_match.end())
-            if parsed is None:
-                return
-            attributes, pos = parsed
-            yield True, name, attributes
-            if name == "plaintext":
-                return
-            if name in _TEXT_ONLY:
-                end = _TEXT_END[name].search(text, pos)
-                if end is None:
-                    return
-                pos = end.start()
-        elif after == "/":  # §13.2.5.7 end tag open state
-            name_match = _TAG_NAME.match(text, lt + 2)
-            gt = text.find(">", lt + 2)
-            if gt == -1:
-                return
-            if name_match is not None:
-                yield False, _ascii_lower(name_match[0]), {}
-            pos = gt + 1
-        elif text.startswith("!--", lt + 1):  # §13.2.5.43 comment start state
-            if text.startswith(">", lt + 4) or text.startswith("->", lt + 4):  # <!--> and <!--->
-                pos = text.index(">", lt + 4) + 1
-                continue
-            end = _COMMENT_END.search(text, lt + 4)
-            if end is None:
-                return
-            pos = end.end()
-        elif after in ("!", "?"):  # <!DOCTYPE ...>, <![CDATA[...]>, <?xml ...?>: bogus comments
-            gt = text.find(">", lt + 2)
-            if gt == -1:
-                return
-            pos = gt + 1
-        else:  # a "<" that opens nothing is text
-            pos = lt + 1
-
-
-# h-entry "response" properties: a reply, like, repost or bookmark names its target outside
 # e-content (microformats.org/wiki/h-entry), and those targets are the ones that most want to know.
 RESPONSE_PROPERTIES: Final = frozenset({"u-in-reply-to", "u-like-of", "u-repost-of", "u-bookmark-of"})
-_ROOT_CLASS: Final = re.compile(r"h(?:-[a-z0-9]+)+\Z")  # microformats2 root class names
 
 
 @dataclass(frozen=True, slots=True)
 class _Place:
     """Where an element sits: the microformat item its content belongs to, and the regions around it."""
 
-    tag: str
     root: int  # the item its descendants belong to: itself if it is a root, else its parent's (0: none)
     in_entry: bool = False  # inside (or is) the first h-entry
     in_content: bool = False  # inside that h-entry's own e-content
@@ -375,22 +151,16 @@ class _Page:
 def _scan(text: str) -> _Page:
     """Every <a href> in document order, with the place each one sits in."""
     page = _Page([])
-    document = _Place("", 0)
-    open_elements: list[_Place] = []
-    open_count: dict[str, int] = {}  # per tag name, so a stray end tag costs no stack walk
+    document = _Place(0)
+    open_elements: OpenElements[_Place] = OpenElements()
     count = 0
-    for is_start, name, attributes in _html_tokens(text):
+    for is_start, name, attributes in tags(text):
         if not is_start:
-            # An end tag closes its element and whatever is still open inside it (<p>, <li>...).
-            # A stray one closes nothing; </body> and </html> close nothing either (§13.2.6.4.7).
-            if open_count.get(name) and name not in ("body", "html"):
-                while (closed := open_elements.pop()).tag != name:
-                    open_count[closed.tag] -= 1
-                open_count[name] -= 1
+            open_elements.close(name)
             continue
         count += 1
-        parent = open_elements[-1] if open_elements else document
-        classes = _tokens(attributes.get("class", ""))
+        parent = open_elements.innermost or document
+        classes = words(attributes.get("class", ""))
         # A property class belongs to the nearest root around the element, not to the element.
         owned = page.entry != 0 and parent.root == page.entry
         if not page.entry and "h-entry" in classes:
@@ -402,8 +172,7 @@ def _scan(text: str) -> _Page:
         if not page.main and name == "main":
             page.main = count
         place = _Place(
-            name,
-            count if any(_ROOT_CLASS.match(item) for item in classes) else parent.root,
+            count if any(MF2_ROOT.match(item) for item in classes) else parent.root,
             parent.in_entry or page.entry == count,
             parent.in_content or page.content == count,
             parent.in_response or (owned and not RESPONSE_PROPERTIES.isdisjoint(classes)),
@@ -414,26 +183,24 @@ def _scan(text: str) -> _Page:
             page.links.append((attributes["href"], place))
         elif name == "base" and page.base is None and "href" in attributes:
             page.base = attributes["href"]
-        if name not in _VOID:
-            open_elements.append(place)
-            open_count[name] = open_count.get(name, 0) + 1
+        open_elements.open(name, place)
     return page
 
 
 def _resolve(base: str, reference: str) -> str:
     # The URL parser strips leading and trailing ASCII whitespace (WHATWG URL §4.4); urljoin
     # does RFC 3986 §5 resolution, which keeps the reference's own query (rocks test 21).
-    return urljoin(base, reference.strip(_ASCII_WHITESPACE))
+    return urljoin(base, reference.strip(ASCII_WHITESPACE))
 
 
-def rel_hrefs(text: str, rel: str, tags: Collection[str] = ("a", "link")) -> Iterator[str]:
-    """The href of every `tags` element whose rel has the token `rel`, in document order.
+def rel_hrefs(text: str, rel: str, elements: Collection[str] = ("a", "link")) -> Iterator[str]:
+    """The href of every element named in `elements` whose rel has the token `rel`, in document order.
 
     Character references are expanded and nothing is resolved. An element without href names
     nothing and is skipped (rocks 20); a valueless or empty href is "", the page itself (rocks 15).
     """
-    for is_start, name, attributes in _html_tokens(text):
-        if is_start and name in tags and "href" in attributes and rel in _tokens(attributes.get("rel", "")):
+    for is_start, name, attributes in tags(text):
+        if is_start and name in elements and "href" in attributes and rel in words(attributes.get("rel", "")):
             yield attributes["href"]
 
 

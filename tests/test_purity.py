@@ -8,7 +8,16 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["pingforward.pingback", "pingforward.net.policy", "pingforward.webmention"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "pingforward.pingback",
+        "pingforward.net.policy",
+        "pingforward.webmention",
+        "pingforward.markup",
+        "pingforward.errors",
+    ],
+)
 def test_pure_module_imports_no_io_library(module: str) -> None:
     io = ("httpx", "httpcore", "starlette", "asyncio", "anyio")
     code = f"import sys, {module}; print(sorted(m for m in {io!r} if m in sys.modules))"

@@ -5,16 +5,15 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from pingforward.markup import decode, header_values
 from pingforward.webmention import (
     Endpoint,
     Link,
     Protocol,
-    decode,
     discover,
     discover_pingback,
     discover_webmention,
     extract_links,
-    header_values,
     parse_link_header,
     pingback_link,
     rel_hrefs,
