@@ -63,6 +63,9 @@ class Settings:
     # Proxies in front that append to X-Forwarded-For: a PaaS router, or a VM's TLS reverse proxy.
     proxy_hops: int = 1
     log_format: LogFormat = LogFormat.TEXT
+    # The master switch of the junk checks (source verification, copies, repeats, floods): off forwards
+    # every well-formed ping, for an operator who forwards only for trusted senders.
+    spam_checks: bool = True
     send_token: str | None = field(default=None, repr=False)  # POST /send is off without it
 
     @property
@@ -118,6 +121,7 @@ class Settings:
             log_format=read(
                 "log_format", lambda v: LogFormat(v.lower()), LogFormat.TEXT, anything, "must be text or json"
             ),
+            spam_checks=read("spam_checks", _bool, True, anything, "must be on or off"),
             send_token=_send_token(environ),
         )
 

@@ -62,6 +62,9 @@ class Outcome:
     text: str
     fault: FaultCode | None = None
     status: int | None = None  # the receiver's last HTTP status, if it answered at all
+    # Why the proxy itself refused the ping before forwarding it, as a short name for logs and metrics
+    # (no_link, source_gone, copy, repeat, flood, fetch_bound...); None when it was forwarded, or failed.
+    refusal: str | None = None
 
 
 # The raw `forward` parameter, as it is written in the query string.
