@@ -24,12 +24,12 @@ import httpx
 from starlette.applications import Starlette
 
 import pingforward.app
+import pingforward.endpoint
 from pingforward.config import Settings
 from pingforward.forward import Outcome
 from pingforward.net.policy import Policy
 from pingforward.net.transport import resolve
 from pingforward.pingback import Ping
-from pingforward.watchdog import Watchdog
 
 
 def _checked(policy: Policy) -> Callable[[str, int], Awaitable[list[str]]]:
@@ -162,11 +162,10 @@ def no_forward() -> Starlette:
         *,
         client_ip: str,
         timeout: float,
-        watchdog: Watchdog,
     ) -> Outcome:
         return Outcome(f"Pingback from {ping.source} to {ping.target} was successful!", None, 202)
 
-    pingforward.app.forward = delivered  # type: ignore[attr-defined]
+    pingforward.endpoint.forward = delivered  # type: ignore[attr-defined]
     return pingforward.app.create_app()
 
 

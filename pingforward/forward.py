@@ -21,7 +21,7 @@ from pingforward.errors import ForwardError, OutboundError, OutboundTimeout, Ref
 from pingforward.net.policy import host_literal
 from pingforward.net.transport import USER_AGENT, VIA
 from pingforward.pingback import FaultCode, Ping, is_http_url
-from pingforward.watchdog import Watchdog
+from pingforward.watchdog import deadline
 
 MAX_FORWARD_URL: Final = 2048
 MAX_ANSWER: Final = 64 * 1024  # of a receiver's body, read only to quote it
@@ -234,11 +234,10 @@ async def forward(
     *,
     client_ip: str,
     timeout: float,
-    watchdog: Watchdog,
 ) -> Outcome:
     """POST the ping as a Webmention to `url`, re-POSTing across redirects, within `timeout`.
 
-    The deadline is kept by the worker's `watchdog` (the endpoint's), not by a timer of its own.
+    The deadline is kept by the event loop's watchdog (`watchdog.deadline`), not by a timer of its own.
 
     `transport` is the worker's `transport.PolicyTransport`: it checks every URL and address. It is
     called directly, without an `httpx.AsyncClient` around it: the client's merging of defaults and
@@ -247,7 +246,7 @@ async def forward(
     """
     heard: list[tuple[int, str | None]] = []  # a final answer's status and Location, once its head arrived
     try:
-        with watchdog.limit(timeout):
+        with deadline(timeout):
             return await _post(transport, ping, url, client_ip, heard)
     except Refused as exc:
         return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)

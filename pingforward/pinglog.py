@@ -226,3 +226,19 @@ class PingLog:
             stream.flush()
         except (OSError, ValueError, AttributeError):  # stdout closed or gone: the pings' answers matter more
             pass
+
+
+def configure_logging(log_format: LogFormat) -> None:
+    """Give pingforward's loggers (and uvicorn's, for JSON) the format of the ping lines."""
+    # uvicorn configures only its own loggers; give ours a stdout handler once.
+    package = logging.getLogger("pingforward")
+    if not package.handlers:
+        package.addHandler(logging.StreamHandler(sys.stdout))
+        package.setLevel(logging.INFO)
+    for handler in package.handlers:
+        handler.setFormatter(formatter(log_format))
+    if log_format is LogFormat.JSON:
+        json_for_uvicorn()
+    # Logging HOWTO, "Optimization": neither format uses the thread or process, so do not
+    # collect them for every record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

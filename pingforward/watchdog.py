@@ -1,5 +1,8 @@
 """Deadlines for many tasks with one timer: the pingback endpoint's body reads and forwards.
 
+`deadline(seconds)` is the one seam the rest of the code uses: `with deadline(5):` around awaits, like
+`asyncio.timeout(5)`, kept by the event loop's own `Watchdog`. Only this module knows there is one.
+
 `asyncio.timeout` arms and cancels a timer per use: 4.5 µs with uvloop, and each ping needs two
 (bench/README.md). A `Watchdog` keeps the deadlines in a dict and one timer, armed at the earliest
 of them. A new deadline re-arms it only when it falls before that, and limits of a few fixed lengths
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from types import TracebackType
 from typing import Final
 
@@ -103,3 +107,26 @@ class _Limit:
             # unless someone else cancelled the task too (asyncio.timeout does both the same way).
             if self._task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
                 raise TimeoutError from error
+
+
+# One watchdog per event loop: a worker has one loop, tests have one per test.
+_watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watchdog] = weakref.WeakKeyDictionary()
+
+
+def deadline(seconds: float) -> _Limit:
+    """`with deadline(5):` around awaits in one task (not nested); TimeoutError once overdue.
+
+    The running loop's watchdog keeps it (see the module's docstring for why not `asyncio.timeout`).
+    """
+    loop = asyncio.get_running_loop()
+    watchdog = _watchdogs.get(loop)
+    if watchdog is None:
+        watchdog = _watchdogs[loop] = Watchdog()
+    return watchdog.limit(seconds)
+
+
+def stop() -> None:
+    """Stop the running loop's watchdog timer (at shutdown); a later `deadline` starts a new one."""
+    watchdog = _watchdogs.pop(asyncio.get_running_loop(), None)
+    if watchdog is not None:
+        watchdog.close()

@@ -12,10 +12,11 @@ import respx
 from asgi_lifespan import LifespanManager
 from starlette.responses import PlainTextResponse
 
-from pingforward import app as app_module
-from pingforward.app import create_app, forwarded_client
+from pingforward import endpoint as app_module
+from pingforward.app import create_app
 from pingforward.config import Settings
 from pingforward.errors import Refused
+from pingforward.forwarded import forwarded_client
 from pingforward.net import policy as policy_module
 from pingforward.pingback import FaultCode
 from tests.conftest import load

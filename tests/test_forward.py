@@ -22,7 +22,7 @@ from pingforward.forward import (
 )
 from pingforward.net.transport import make_transport
 from pingforward.pingback import FaultCode, Ping
-from pingforward.watchdog import Watchdog
+from pingforward.watchdog import _watchdogs, stop
 
 PING = Ping("https://blog.example/post", "https://site.example/notes/42")
 DEFAULT_OK = "Pingback from https://blog.example/post to https://site.example/notes/42 was successful!"
@@ -192,7 +192,7 @@ def test_classify(status: int, body: bytes, location: str | None, expected: Outc
 
 async def run(url: str = ENDPOINT, timeout: float = 2.0) -> Outcome:
     async with make_transport(Settings(timeout=timeout)) as transport:
-        return await forward(transport, PING, url, client_ip="198.51.100.9", timeout=timeout, watchdog=Watchdog())
+        return await forward(transport, PING, url, client_ip="198.51.100.9", timeout=timeout)
 
 
 @pytest.mark.anyio
@@ -216,7 +216,7 @@ async def test_form_body_escapes_what_a_form_parser_would_split_on(respx_mock: r
     route = respx_mock.post(ENDPOINT).respond(202)
     ping = Ping("https://blog.example/p?a=1&b=2+3 4#x%20y", "https://site.example/é/?q=ü")
     async with make_transport(Settings()) as transport:
-        await forward(transport, ping, ENDPOINT, client_ip="198.51.100.9", timeout=2.0, watchdog=Watchdog())
+        await forward(transport, ping, ENDPOINT, client_ip="198.51.100.9", timeout=2.0)
     body = route.calls.last.request.content
     assert parse_qsl(body.decode("ascii"), strict_parsing=True) == [("source", ping.source), ("target", ping.target)]
 
@@ -302,13 +302,14 @@ class _Hanging(httpx.AsyncBaseTransport):
 
 @pytest.mark.anyio
 async def test_a_receiver_that_never_answers_is_cut_off_at_the_timeout() -> None:
-    transport, watchdog = _Hanging(), Watchdog()
-    outcome = await forward(transport, PING, ENDPOINT, client_ip="198.51.100.9", timeout=0.05, watchdog=watchdog)
+    transport = _Hanging()
+    outcome = await forward(transport, PING, ENDPOINT, client_ip="198.51.100.9", timeout=0.05)
     assert outcome == Outcome("upstream: no answer within 0.05 s", FaultCode.UPSTREAM_ERROR)
+    watchdog = _watchdogs[asyncio.get_running_loop()]
     assert transport.cancelled and not watchdog._deadlines  # the exchange was stopped, nothing left behind
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
-    watchdog.close()
+    stop()
 
 
 @pytest.mark.anyio
@@ -351,9 +352,7 @@ async def test_the_deadline_during_the_body_leaves_the_status_to_decide(
     port = server.sockets[0].getsockname()[1]
     settings = Settings(timeout=0.3, allow_private_networks=True, allowed_ports=None)
     async with server, make_transport(settings) as transport:
-        outcome = await forward(
-            transport, PING, f"http://127.0.0.1:{port}/wm", client_ip="-", timeout=0.3, watchdog=Watchdog()
-        )
+        outcome = await forward(transport, PING, f"http://127.0.0.1:{port}/wm", client_ip="-", timeout=0.3)
         done.set()
         await asyncio.gather(*handlers, return_exceptions=True)
     assert outcome.fault is expected and outcome.status == int(head[:3])

@@ -20,12 +20,13 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from pingforward.app import MAX_SENDS, create_app
+from pingforward.app import create_app
 from pingforward.cli import main
 from pingforward.config import Settings
 from pingforward.feed import FeedFormat
 from pingforward.net.transport import make_client
 from pingforward.send import Limits, SendError, Status, fetch_feed
+from pingforward.send_route import MAX_SENDS
 from tests import servers
 from tests.servers import Answer, Site
 
