@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
+@pytest.mark.root
 def test_the_internet_edges_in_a_private_network() -> None:
     unshare = shutil.which("unshare")
     if unshare is None or os.geteuid() != 0:
