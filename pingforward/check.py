@@ -68,7 +68,8 @@ class Analysis:
 
 def wordpress_pingback(head_pingback: str | None, html: str) -> str | None:
     """The endpoint WordPress's `discover_pingback_server_uri` (wp-includes/comment.php) would use."""
-    # It sends a HEAD first and takes its X-Pingback header as is (protocol.md §4.1).
+    # It sends a HEAD first and takes its X-Pingback header as is (discover_pingback_server_uri in
+    # https://github.com/WordPress/wordpress-develop/blob/trunk/src/wp-includes/comment.php).
     if head_pingback:
         return head_pingback
     # Then a GET and a plain search: `rel="pingback"`, else `rel='pingback'`. PHP's strpos() answers 0
@@ -89,7 +90,8 @@ def wordpress_pingback(head_pingback: str | None, html: str) -> str | None:
 
 
 def _home_page(url: str) -> bool:
-    # WordPress pings only links with a path other than "" or "/", or with a query (protocol.md §4.1).
+    # WordPress pings only links with a path other than "" or "/", or with a query (pingback() in
+    # https://github.com/WordPress/wordpress-develop/blob/trunk/src/wp-includes/comment.php).
     parts = urlsplit(url)
     return parts.path in ("", "/") and not parts.query
 

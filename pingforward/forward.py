@@ -88,7 +88,8 @@ def written_unencoded(query: str) -> bool:
 def parse_forward(query: str) -> str:
     """Take the forward URL out of a raw query string, or raise `ForwardError`."""
     # WordPress copies the pingback href out of the page without decoding entities, so a
-    # `<link href="...?a=1&amp;forward=...">` arrives as a literal `&amp;` (protocol.md §4.1).
+    # `<link href="...?a=1&amp;forward=...">` arrives as a literal `&amp;` (discover_pingback_server_uri in
+    # https://github.com/WordPress/wordpress-develop/blob/trunk/src/wp-includes/comment.php).
     query = query.replace("&amp;", "&")
     raw = _written_unencoded(query)
     if raw is not None:
@@ -139,7 +140,8 @@ def _text(data: dict[str, object], *keys: str) -> str:
     return ""
 
 
-# node's `pingback` client treats any answer containing "fault" as a fault (protocol.md §2.2),
+# node's `pingback` client treats any answer containing "fault" as a fault
+# (https://github.com/chjj/node-pingback, lib/pingback.js),
 # so a success string must not contain it, not even inside "default". In a URL the "a" is
 # percent-encoded, which keeps the URL equivalent (RFC 3986 §6.2.2.2); in prose, which people
 # read, an invisible WORD JOINER (U+2060) goes between "fa" and "ult" instead.
@@ -208,8 +210,8 @@ _parsed_url: Final = functools.lru_cache(maxsize=1024)(httpx.URL)
 def webmention_request(ping: Ping, url: str, client_ip: str) -> httpx.Request:
     """The Webmention POST for `ping` (Webmention §3.1.3: form-encoded `source` and `target`)."""
     # ":" and "/" may stay as they are in a query (RFC 3986 §3.4), as in the Webmention spec's own
-    # example (§3.1.2); every form parser reads them so, and quote_plus is several times faster on
-    # a URL that needs no other escape.
+    # example (§3.1.2); every form parser reads them so, and quote_plus has far less to do on a
+    # URL that needs no other escape.
     body = f"source={quote_plus(ping.source, safe=':/')}&target={quote_plus(ping.target, safe=':/')}".encode()
     parsed = _url(url)
     headers = [
@@ -219,7 +221,7 @@ def webmention_request(ping: Ping, url: str, client_ip: str) -> httpx.Request:
         (b"Content-Length", b"%d" % len(body)),
     ]
     # `stream=` builds exactly this request; `content=` would re-derive Host and Content-Length
-    # through httpx's encoders: 25 instead of 4 µs per request in-process.
+    # through httpx's encoders, several times the cost (bench/README.md).
     request = httpx.Request(
         "POST", parsed, headers=headers, stream=httpx.ByteStream(body), extensions={"timeout": BODY_TIMEOUT}
     )
@@ -241,8 +243,8 @@ async def forward(
 
     `transport` is the worker's `transport.PolicyTransport`: it checks every URL and address. It is
     called directly, without an `httpx.AsyncClient` around it: the client's merging of defaults and
-    its auth, redirect and event-hook machinery took 140 µs per request in-process where the pool's
-    own exchange took 85, and none of it applies to one fixed POST (bench/README.md).
+    its auth, redirect and event-hook machinery cost more than the pool's own exchange, and none of it
+    applies to one fixed POST (bench/README.md).
     """
     heard: list[tuple[int, str | None]] = []  # a final answer's status and Location, once its head arrived
     try:

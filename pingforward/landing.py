@@ -68,8 +68,9 @@ class Tags:
     @property
     def link(self) -> str:
         # Rel before href, double quotes: WordPress finds `rel="pingback"` and then reads the first
-        # `href=` after it up to the next quote of the same kind (protocol.md §4.1); the spec's own
-        # client regex is `<link rel="pingback" href="([^"]+)" ?/?>`.
+        # `href=` after it up to the next quote of the same kind (discover_pingback_server_uri in
+        # WordPress's wp-includes/comment.php); the spec's own client regex is
+        # `<link rel="pingback" href="([^"]+)" ?/?>`.
         return f'<link rel="pingback" href="{self.href}">'
 
     @property
@@ -122,7 +123,7 @@ def tags_for(page_url: str, endpoint: str, policy: Policy) -> Tags:
 
 
 # WordPress marks a link as pinged only on success or fault 48 and retries every other outcome
-# when the post is next published or updated (protocol.md §4.2).
+# when the post is next published or updated (pingback() in WordPress's wp-includes/comment.php).
 def _wordpress(code: FaultCode) -> str:
     return "marks the link pinged" if code is FaultCode.ALREADY_REGISTERED else "tries again on the next update"
 

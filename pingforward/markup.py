@@ -127,9 +127,9 @@ def decode(headers: Headers, body: bytes | str, *, xml: bool = False) -> str:
 # HTML: a tokenizer that finds start and end tags
 #
 # Not html.parser: on Python 3.11 it re-scans the rest of the page from every "<" that does not
-# complete a tag or comment, so "<a " repeated 13,000 times takes 28 s and a hostile 1 MB target
-# page would stall the event loop for hours; it also expands "&region=" in an href to "®ion=".
-# Nor a tree builder: lexbor (selectolax) needs minutes for 200,000 nested <div>s. This tokenizer
+# complete a tag or comment, so its time grows with the square of a hostile page's size (a page of
+# repeated "<a " stalls it for minutes: bench/README.md); it also expands "&region=" in an href to
+# "®ion=". Nor a tree builder: lexbor (selectolax) is not linear on deep nesting either. This tokenizer
 # follows HTML §13.2.5 where it matters here: comments, bogus comments, raw text and escapable
 # raw text are skipped, and a construct still open at the end of the input runs to the end of
 # the input (an EOF parse error), so scanning stops there and every character is looked at once.

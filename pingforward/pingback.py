@@ -151,9 +151,9 @@ def parse_call(body: bytes) -> Call:
 
     A plain call is read with two regular expressions, anything else by the stdlib decoder under
     defusedxml. Both give the same `Call` for every plain call (tests/test_properties.py). The
-    shortcut takes a sixth off the CPU of a whole forwarded ping in-process (bench/README.md): expat's
-    callbacks into Python, one per tag and per text, were the largest part of our own handling. A
-    body that is not plain pays 2-3 µs more for the attempt.
+    shortcut exists because expat's callbacks into Python, one per tag and per text, were the largest
+    part of our own handling of a ping; a body that is not plain pays a little for the attempt
+    (bench/README.md has both figures).
     """
     plain = _plain_call(body)
     return plain if plain is not None else _decoded_call(body)

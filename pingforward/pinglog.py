@@ -131,8 +131,8 @@ def uvicorn_log_config(log_format: LogFormat) -> dict[str, object] | None:
 class PingLog:
     """Writes ping lines to standard output (or `stream`), in the same formats as the formatters above.
 
-    Ping lines bypass `logging`: in-process, a line through a `logging` record cost 40-65 µs per ping,
-    against about 20 formatted and written here. Lines are collected, then formatted and written in
+    Ping lines bypass `logging`: a line through a `logging` record cost two to three times as much as
+    one formatted and written here (bench/README.md). Lines are collected, then formatted and written in
     one write(2) when the event loop finishes its current turn: the pings answered in one turn cost
     one system call even with PYTHONUNBUFFERED (which Heroku's Python buildpack sets), no line waits
     for the next ping, and formatting happens after the ping's answer has gone out, not before.

@@ -3,11 +3,11 @@
 `deadline(seconds)` is the one seam the rest of the code uses: `with deadline(5):` around awaits, like
 `asyncio.timeout(5)`, kept by the event loop's own `Watchdog`. Only this module knows there is one.
 
-`asyncio.timeout` arms and cancels a timer per use: 4.5 µs with uvloop, and each ping needs two
-(bench/README.md). A `Watchdog` keeps the deadlines in a dict and one timer, armed at the earliest
-of them. A new deadline re-arms it only when it falls before that, and limits of a few fixed lengths
-(the endpoint has two) come in deadline order, so that happens a few times per limit's length, not
-per use: about 0.5 µs per use. When the timer fires it cancels what is overdue and re-arms for the
+`asyncio.timeout` arms and cancels a timer per use, and each ping needs two: on the hot path that
+cost more than the rest of the deadline handling (bench/README.md). A `Watchdog` keeps the deadlines
+in a dict and one timer, armed at the earliest of them. A new deadline re-arms it only when it falls
+before that, and limits of a few fixed lengths (the endpoint has two) come in deadline order, so that
+happens a few times per limit's length, not per use. When the timer fires it cancels what is overdue and re-arms for the
 earliest deadline left, but not sooner than `INTERVAL` later: each firing walks every deadline, and
 when thousands of requests hang until theirs (slow receivers, slow senders), one firing per request
 would cost CPU growing with the square of their number. So a deadline fires at most `INTERVAL` late,

@@ -6,7 +6,7 @@ https://www.rfc-editor.org/rfc/rfc8288 (Link header), https://www.hixie.ch/specs
 and https://microformats.org/wiki/h-entry (which part of a page is the post).
 """
 
-# Why hand-rolled rather than a library (reference/sending.md §3 has the survey):
+# Why hand-rolled rather than a library:
 # - Link header: httpx's parser is private (`httpx._models._parse_header_links`), compares no
 #   tokens, loses every parameter after a value-less one or a quoted "=", and `Response.links`
 #   keys by the whole rel string with the last duplicate winning (fails rocks test 10).
@@ -259,7 +259,8 @@ def discover_pingback(url: str, headers: Headers, body: bytes | str) -> str | No
 def discover(url: str, headers: Headers, body: bytes | str) -> Endpoint | None:
     """Webmention first (Link header, then HTML), then Pingback (X-Pingback, then the link element)."""
     # A Webmention endpoint anywhere beats any pingback advertisement: WordPress pages often
-    # advertise both, and Pushl's Link/X-Pingback/HTML order sent them pingbacks (sending.md §3).
+    # advertise both, and Pushl's Link/X-Pingback/HTML order sent them pingbacks
+    # (https://github.com/PlaidWeb/Pushl).
     if (webmention := discover_webmention(url, headers, body)) is not None:
         return Endpoint(Protocol.WEBMENTION, webmention)
     if (pingback := discover_pingback(url, headers, body)) is not None:
