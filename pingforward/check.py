@@ -21,11 +21,13 @@ import httpx
 from pingforward.errors import Failure, ForwardError, OutboundError, Refused
 from pingforward.forward import parse_forward
 from pingforward.markup import decode, header_values
+from pingforward.net.redirect import next_url
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
 from pingforward.send import read_capped
 from pingforward.webmention import discover_webmention, pingback_link, rel_hrefs
 
 MAX_PAGE: Final = 1024 * 1024
+MAX_REDIRECTS: Final = 20  # httpx's own limit, which check followed before
 MAX_ANSWER: Final = 64 * 1024
 
 
@@ -250,7 +252,7 @@ _EXPLANATIONS: Final = {
 }
 
 
-def explain(exc: OutboundError | httpx.InvalidURL, url: str) -> str:
+def explain(exc: OutboundError | httpx.InvalidURL | UnicodeError, url: str) -> str:
     """Why a request failed, in a site owner's words rather than an exception's name."""
     host = urlsplit(url).hostname or url
     if isinstance(exc, Refused):
@@ -260,32 +262,50 @@ def explain(exc: OutboundError | httpx.InvalidURL, url: str) -> str:
     return _EXPLANATIONS[Failure.URL]
 
 
+async def _follow(client: httpx.AsyncClient, method: str, url: str) -> httpx.Response:
+    """`method` to `url`, redirects followed by the rule of net/redirect.py; the final answer, still to be read."""
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await client.send(client.build_request(method, url), stream=True)
+        hop = next_url(method, response.status_code, url, response.headers.get("location"))
+        if hop is None:
+            return response
+        await response.aclose()
+        url = hop
+    return response  # the last redirect, as httpx answers past its limit
+
+
 async def fetch_page(client: httpx.AsyncClient, url: str) -> Page:
     """HEAD then GET `url` as WordPress does, following redirects; raise `OutboundError`."""
-    head = await client.head(url, follow_redirects=True)
-    async with client.stream("GET", url, follow_redirects=True) as response:
+    head = await _follow(client, "HEAD", url)
+    await head.aclose()
+    response = await _follow(client, "GET", url)
+    try:
         body = await read_capped(response, MAX_PAGE)  # inflates within the cap: no gzip bomb
-        headers = tuple(response.headers.multi_items())
-        return Page(
-            url=str(response.url),
-            status=response.status_code,
-            html=decode(headers, body),
-            headers=headers,
-            head_pingback=head.headers.get("x-pingback"),
-        )
+    finally:
+        await response.aclose()
+    headers = tuple(response.headers.multi_items())
+    return Page(
+        url=str(response.url),
+        status=response.status_code,
+        html=decode(headers, body),
+        headers=headers,
+        head_pingback=head.headers.get("x-pingback"),
+    )
 
 
 async def send_test_ping(client: httpx.AsyncClient, endpoint: str, ping: Ping) -> Finding:
     """Send `ping` to the pingback `endpoint` as WordPress would and judge the answer."""
-    request = client.build_request("POST", endpoint, content=render_call(ping), headers={"Content-Type": "text/xml"})
-    # The client marks forwards with `Via: 1.1 pingforward` so that a proxy refuses its own (508);
-    # this is a sender's call to the proxy, not a forward.
-    del request.headers["via"]
     try:
+        request = client.build_request(
+            "POST", endpoint, content=render_call(ping), headers={"Content-Type": "text/xml"}
+        )
+        # The client marks forwards with `Via: 1.1 pingforward` so that a proxy refuses its own (508);
+        # this is a sender's call to the proxy, not a forward.
+        del request.headers["via"]
         response = await client.send(request)
     except Refused as exc:
         return Finding(Verdict.FAIL, f"test ping: not sent to {endpoint}: {exc.reason}")
-    except (OutboundError, httpx.InvalidURL) as exc:
+    except (OutboundError, httpx.InvalidURL, UnicodeError) as exc:  # UnicodeError: a host that is not IDNA
         return Finding(Verdict.FAIL, f"test ping: not delivered to {endpoint}: {explain(exc, endpoint)}")
     return judge_ping(response.status_code, response.content[:MAX_ANSWER])
 
@@ -296,7 +316,7 @@ async def check(client: httpx.AsyncClient, url: str, *, ping: bool = False, sour
         page = await fetch_page(client, url)
     except Refused as exc:  # the address policy of make_client applies to this command too
         return Analysis((Finding(Verdict.FAIL, f"did not fetch {url}: {exc.reason}"),), None)
-    except (OutboundError, httpx.InvalidURL) as exc:
+    except (OutboundError, httpx.InvalidURL, UnicodeError) as exc:  # UnicodeError: a host that is not IDNA
         return Analysis((Finding(Verdict.FAIL, f"could not fetch {url}: {explain(exc, url)}"),), None)
     analysis = analyze(page)
     findings: Sequence[Finding] = analysis.findings

@@ -19,6 +19,7 @@ import httpx
 
 from pingforward.errors import ForwardError, OutboundError, OutboundTimeout, Refused
 from pingforward.net.policy import host_literal
+from pingforward.net.redirect import FINAL_FOR_POST, REDIRECTS, next_url
 from pingforward.net.transport import USER_AGENT, VIA
 from pingforward.pingback import FaultCode, Ping, is_http_url
 from pingforward.watchdog import deadline
@@ -32,7 +33,6 @@ BODY_GRACE: Final = 1.0
 # at most BODY_GRACE.
 BODY_TIMEOUT: Final = {"body": BODY_GRACE}
 MAX_REDIRECTS: Final = 3
-REPOST_STATUSES: Final = frozenset({301, 302, 307, 308})
 
 # The error names real receivers put in JSON `error` (webmention.io, Webmention spec examples)
 # or `code` (the WordPress Webmention plugin's REST errors), to the nearest pingback fault.
@@ -269,8 +269,7 @@ async def forward(
 async def _post(
     transport: httpx.AsyncBaseTransport, ping: Ping, url: str, client_ip: str, heard: list[tuple[int, str | None]]
 ) -> Outcome:
-    # httpx's follow_redirects would turn the POST into a GET on 301/302/303 and lose the
-    # Webmention (snarfed/bridgy#753), so redirects are followed here, re-POSTing the same body.
+    # Redirects are followed by the one rule of net/redirect.py: the same POST on 301, 302, 307, 308.
     for _ in range(MAX_REDIRECTS + 1):
         response = await transport.handle_async_request(webmention_request(ping, url, client_ip))
         # The transport's own stream, read and closed as httpx's client does underneath: its
@@ -279,12 +278,12 @@ async def _post(
         assert isinstance(stream, httpx.AsyncByteStream)
         try:
             status, fields = response.status_code, dict(response.headers.items())
-            if status in REPOST_STATUSES:
-                location = fields.get("location")
-                if location is None or not is_http_url(next_url := urljoin(url, location.strip())):
-                    return _upstream(f"HTTP {status} without a usable Location", status)
-                url = next_url
+            hop = next_url("POST", status, url, fields.get("location"))
+            if hop is not None:
+                url = hop
                 continue
+            if status in REDIRECTS - FINAL_FOR_POST:
+                return _upstream(f"HTTP {status} without a usable Location", status)
             location = fields.get("location") if status == 201 else None  # 201 Created names the mention
             location = location and urljoin(url, location)
             # The status line decides (Webmention §3.1.3: any 2xx is a success); the body only picks

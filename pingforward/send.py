@@ -26,16 +26,12 @@ from pingforward.errors import Failure, FeedError, OutboundError, PingforwardErr
 from pingforward.feed import ACCEPT as FEED_ACCEPT
 from pingforward.feed import Feed, FeedFormat, pick, read_feed
 from pingforward.markup import is_html, media_type
+from pingforward.net.redirect import REDIRECTS, next_url
 from pingforward.pingback import Fault, FaultCode, Ping, RemoteFault, is_http_url, parse_answer, render_call
 from pingforward.webmention import Endpoint, Protocol, discover, extract_links
 
 logger = logging.getLogger(__name__)
 
-REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-# RFC 9110 §15.4.8 and §15.4.9: on 307 and 308 the method and body "MUST NOT" change, so the
-# Webmention is POSTed again to the new URL, as the proxy does (forward.py). A 301 or 302 may
-# have been meant for a GET (§15.4.2), which would lose the Webmention (snarfed/bridgy#753).
-REPOST: Final = frozenset({307, 308})
 MAX_DETAIL: Final = 200
 FETCH_HEADERS: Final = {
     "Accept": "text/html, application/xhtml+xml;q=0.9, */*;q=0.1",
@@ -227,6 +223,10 @@ async def _exchange(
         raise SendError(Status.ERROR, exc.reason) from None
     except httpx.InvalidURL as exc:
         raise SendError(unusable, f"unusable URL {url!r}: {exc}") from None
+    except (
+        UnicodeError
+    ) as exc:  # idna's IDNAError: an xn-- label that is no Punycode, or a code point IDNA 2008 refuses
+        raise SendError(unusable, f"unusable URL {url!r}: the host name is not valid IDNA ({exc})") from None
 
 
 async def _fetch(
@@ -240,12 +240,13 @@ async def _fetch(
     """GET a page, following redirects ourselves so each hop waits for its host's slot and counts."""
     for _ in range(limits.max_redirects + 1):
         answer = await _exchange(client, budget, "GET", url, limit=limits.max_bytes, unusable=unusable, headers=headers)
-        location = dict((name.lower(), value) for name, value in answer.headers).get("location")
-        if answer.status not in REDIRECTS or location is None:
+        location = _field(answer.headers, "location")
+        hop = next_url("GET", answer.status, answer.url, location)
+        if hop is None:
+            if answer.status in REDIRECTS and location is not None:
+                raise SendError(unusable, f"redirected to {location.strip()[:MAX_DETAIL]!r}, not an http(s) URL")
             return answer
-        url = urljoin(answer.url, location.strip())
-        if not is_http_url(url):
-            raise SendError(unusable, f"redirected to {url!r}, not an http(s) URL")
+        url = hop
     raise SendError(unusable, f"more than {limits.max_redirects} redirects")
 
 
@@ -350,12 +351,11 @@ def classify_webmention(status: int, location: str | None, body: bytes, retry_af
         if status == 201 and location:
             return Classified(Status.SENT, f"created, status at {location}")
         return Classified(Status.SENT, ("accepted for processing" if status == 202 else "accepted") + said)
-    if 300 <= status < 400:
-        where = f" to {location}" if location else ""
-        if status in REPOST:  # only here without a usable Location
-            return Classified(Status.FAILED, f"the endpoint redirected ({status}) without a usable Location")
-        # Following would turn the POST into a GET that looks like success (snarfed/bridgy#753).
-        return Classified(Status.FAILED, f"the endpoint redirected{where} ({status}); a Webmention is not re-sent")
+    if status == 303:
+        # The one redirect rule (net/redirect.py): a 303 says the POST was processed.
+        return Classified(Status.SENT, f"processed (303 See Other{f', at {location}' if location else ''})")
+    if 300 <= status < 400:  # only here when it cannot be followed
+        return Classified(Status.FAILED, f"the endpoint redirected ({status}) without a usable Location")
     if _json_object(body).get("error") == "already_registered":
         # webmention.io's answer to a repeated Webmention: the receiver has it, which is what a
         # sender wants, as Pingback's fault 48 (see classify_pingback).
@@ -406,8 +406,8 @@ async def _webmention(
     client: httpx.AsyncClient, budget: Budget, endpoint: str, source: str, target: str, limits: Limits
 ) -> Result:
     # §3.1.3: a form-encoded POST with source and target, to the endpoint URL as discovered (its
-    # query stays in the URL, rocks test 21). The client does not follow redirects: 307 and 308
-    # are followed here, with the same POST, each hop counted.
+    # query stays in the URL, rocks test 21). The client does not follow redirects: they are
+    # followed here by the rule of net/redirect.py (the same POST), each hop counted.
     url = endpoint
     for _ in range(limits.max_redirects + 1):
         answer = await _exchange(
@@ -421,10 +421,11 @@ async def _webmention(
             headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json, */*;q=0.5"},
         )
         location = _field(answer.headers, "location")
-        location = urljoin(url, location.strip()) if location else None
-        if answer.status in REPOST and location is not None and is_http_url(location):
-            url = location
+        hop = next_url("POST", answer.status, url, location)
+        if hop is not None:
+            url = hop
             continue
+        location = urljoin(url, location.strip()) if location else None
         retry_after = _retry_after(answer.headers)
         classified = classify_webmention(answer.status, location, answer.body, retry_after)
         if url != endpoint:
