@@ -8,30 +8,35 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import TextIO
 
-from pingforward import __version__
+from pingforward import __version__, sendstate
 from pingforward.check import Verdict, check
 from pingforward.config import PREFIX, LogFormat, Settings
 from pingforward.errors import ConfigError
 from pingforward.feed import Feed, parse_date
 from pingforward.net.transport import make_client
+from pingforward.pingback import is_http_url
 from pingforward.pinglog import uvicorn_log_config
 from pingforward.send import (
     DEFAULT_LIMITS,
-    Budget,
-    FeedReport,
     Report,
     Result,
     SendError,
+    Source,
     Status,
-    fetch_source,
-    notify,
+    feed_summary,
+    problem_json,
+    report_lines,
     send_feed,
+    send_post,
 )
+from pingforward.sendstate import Plan, PostRecord, State, StateError
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -77,6 +82,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         default=DEFAULT_LIMITS.max_requests,
         help=f"outbound requests in all: fetches, redirects, notifications (default: {DEFAULT_LIMITS.max_requests})",
     )
+    send.add_argument(
+        "--state",
+        metavar="FILE",
+        type=Path,
+        help="remember what was sent in FILE (JSON) and send only what changed since: new posts, edits, deletions "
+        "(410), and what is worth retrying; a missing FILE means a first run",
+    )
     send.add_argument("--all-links", action="store_true", help="every link on the page, not only the post's")
     send.add_argument("--json", action="store_true", help="one JSON object per target on stdout")
     send.add_argument("--dry-run", action="store_true", help="discover endpoints and report, send nothing")
@@ -90,6 +102,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         send.error("give either SOURCE_URL or --feed FEED_URL")
     if args.command == "send" and args.source is not None and (args.since or args.limit):
         send.error("--since and --limit go with --feed")
+    if args.command == "send" and not is_http_url(given := (args.source or args.feed).strip()):
+        send.error(f"{given!r} is not an absolute http(s) URL (say https://{given.split('://')[-1].lstrip('/')})")
     if args.command == "serve" and args.log_format is not None:
         # The app factory reads its settings from the environment, in every worker process.
         os.environ[PREFIX + "LOG_FORMAT"] = args.log_format
@@ -187,31 +201,116 @@ class _Progress:
         self.show("")
 
 
+def _load_state(path: Path | None) -> State | None:
+    """The state file's state, an empty one when it does not exist yet; raise `StateError` when unusable."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return State()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(str(exc)) from None
+    return sendstate.loads(text)
+
+
+def _save_state(path: Path, state: State) -> None:
+    """Write the state so that a crash at any moment leaves the old file or the new one, never a mix.
+
+    A temporary file in the same directory, flushed to disk, then renamed over the old one (rename is
+    atomic within a file system, POSIX rename(2)); then the directory, so that the rename is kept too.
+    """
+    directory = path.parent
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(sendstate.dumps(state))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):  # only when writing failed
+            os.unlink(temporary)
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a directory that cannot be opened (some platforms): the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Remember:
+    """The state of a run, written after each post when a file was given and this is no dry run."""
+
+    def __init__(self, path: Path | None, state: State | None, dry_run: bool) -> None:
+        self.path = None if dry_run else path
+        self.posts = dict(state.posts) if state is not None else {}
+
+    def __call__(self, url: str, kept: PostRecord | None) -> None:
+        if kept is None:
+            self.posts.pop(url, None)
+        else:
+            self.posts[url] = kept
+        if self.path is not None:
+            _save_state(self.path, State(self.posts))
+
+
+def _state_or_exit(args: argparse.Namespace) -> State | None | int:
+    try:
+        return _load_state(args.state)
+    except StateError as exc:
+        print(
+            f"pingforward send: cannot use the state file {args.state}: {exc}. Nothing was sent. Fix it, or remove "
+            "it to start over (a missing file means a first run, which sends every link again).",
+            file=sys.stderr,
+        )
+        return 2
+
+
 async def _send(args: argparse.Namespace, settings: Settings) -> int:
+    state = _state_or_exit(args)
+    if isinstance(state, int):
+        return state
+    remember = _Remember(args.state, state, args.dry_run)
     progress = _Progress(sys.stderr)
     limits = replace(DEFAULT_LIMITS, max_requests=args.max_requests)
+    url = args.source.strip()
+
+    def on_source(source: Source, plan: Plan) -> None:
+        progress.total = len(plan.notify)
+
     async with make_client(settings) as client:
         try:
-            progress.show(f"fetching {_printable(args.source)}")
-            budget = Budget(limits)
-            source = await fetch_source(client, args.source, all_links=args.all_links, limits=limits, budget=budget)
-            progress.total = len(source.targets)
-            results = await notify(
-                client, source, dry_run=args.dry_run, limits=limits, on_result=progress.step, budget=budget
+            progress.show(f"fetching {_printable(url)}")
+            report, kept = await send_post(
+                client,
+                url,
+                remember.posts.get(url),
+                all_links=args.all_links,
+                dry_run=args.dry_run,
+                limits=limits,
+                on_source=on_source,
+                on_result=progress.step,
             )
-            report = Report(source.url, results)
         except SendError as exc:
             progress.clear()
             if args.json:
-                print(json.dumps({"source": args.source, "target": None, "status": exc.status, "detail": exc.detail}))
-            print(f"pingforward send: {_printable(args.source)}: {_printable(exc.detail)}", file=sys.stderr)
+                print(json.dumps(problem_json("source", url, exc)))
+            print(f"pingforward send: {_printable(url)}: {_printable(exc.detail)}", file=sys.stderr)
             return 1
     progress.clear()
+    if state is not None:
+        remember(url, kept)
     if args.json:
-        for result in report.results:
-            print(json.dumps({"source": report.source, **asdict(result)}))
+        for line in report_lines(report):
+            print(json.dumps(line))
     else:
-        _table(report.results, sys.stdout)
+        _table(report.results, sys.stdout, counts=False)
+        print(_post_line(report))
     return 0 if report.ok else 1
 
 
@@ -220,11 +319,32 @@ def _table(results: Sequence[Result], out: TextIO, *, counts: bool = True) -> No
     # Targets and details quote what web pages and endpoints said.
     rows += [(r.status, r.protocol or "-", _printable(r.target), _printable(r.detail)) for r in results]
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    for row in rows:
+    for row in rows if results else ():
         print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[3]]), file=out)
     if counts:
-        found = [f"{count} {status}" for status in Status if (count := sum(r.status == status for r in results))]
-        print(", ".join(found) or "the post links to no other page", file=out)
+        print(_counts(results) or "the post links to no other page", file=out)
+
+
+def _counts(results: Sequence[Result], waiting: int = 0) -> str:
+    """Each bucket's count; "error" is what is worth retrying later, and says so."""
+    found = [
+        f"{count} {'to retry later (error)' if status is Status.ERROR else status}"
+        for status in Status
+        if (count := sum(r.status == status for r in results))
+    ]
+    if waiting:
+        found.append(f"{waiting} waiting for the Retry-After of its target{'' if waiting == 1 else 's'}")
+    return ", ".join(found)
+
+
+def _post_line(report: Report) -> str:
+    """The last line for one post: its counts, or why there was nothing to send."""
+    counts = _counts(report.results, len(report.waiting))
+    if report.reason == "unchanged" and not report.results:
+        return "nothing new: the post has not changed since the last run" + (f"; {counts}" if counts else "")
+    if report.reason == "deleted":
+        return f"the post is gone (410): {counts or 'no target to tell'}"
+    return counts or "the post links to no other page"
 
 
 # A feed is sent for from CI after a deploy, entry after entry: more time than one post needs.
@@ -232,6 +352,10 @@ FEED_DEADLINE = 600.0
 
 
 async def _send_feed(args: argparse.Namespace, settings: Settings) -> int:
+    state = _state_or_exit(args)
+    if isinstance(state, int):
+        return state
+    remember = _Remember(args.state, state, args.dry_run)
     progress = _Progress(sys.stderr)
     limits = replace(DEFAULT_LIMITS, max_requests=args.max_requests, deadline=FEED_DEADLINE)
     done: list[Report] = []
@@ -247,7 +371,7 @@ async def _send_feed(args: argparse.Namespace, settings: Settings) -> int:
         # Each entry as it ends, so a CI log shows progress even when stderr is no terminal.
         progress.clear()
         if args.json:
-            for line in _json_lines(report):
+            for line in report_lines(report):
                 print(json.dumps(line), flush=True)
         else:
             _entry_table(report, sys.stdout)
@@ -255,29 +379,32 @@ async def _send_feed(args: argparse.Namespace, settings: Settings) -> int:
         progress.prefix = f"entry {len(done) + 1}/{picked} "
         progress.done = 0
 
-    progress.show(f"fetching {_printable(args.feed)}")
+    feed_url = args.feed.strip()
+    progress.show(f"fetching {_printable(feed_url)}")
     async with make_client(settings) as client:
         try:
             feed_report = await send_feed(
                 client,
-                args.feed,
+                feed_url,
                 since=args.since,
                 limit=args.limit,
                 all_links=args.all_links,
                 dry_run=args.dry_run,
                 limits=limits,
+                state=state,
                 on_feed=on_feed,
                 on_result=progress.step,
                 on_report=on_report,
+                on_record=remember,
             )
         except SendError as exc:
             progress.clear()
             if args.json:
-                print(json.dumps({"feed": args.feed, "status": exc.status, "detail": exc.detail}))
-            print(f"pingforward send: {_printable(args.feed)}: {_printable(exc.detail)}", file=sys.stderr)
+                print(json.dumps(problem_json("feed", feed_url, exc)))
+            print(f"pingforward send: {_printable(feed_url)}: {_printable(exc.detail)}", file=sys.stderr)
             return 1
     progress.clear()
-    summary = _summary(feed_report)
+    summary = feed_summary(feed_report)
     if args.json:
         print(json.dumps({"summary": summary}))
     else:
@@ -285,54 +412,25 @@ async def _send_feed(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if feed_report.ok else 1
 
 
-def _json_lines(report: Report) -> list[dict[str, object]]:
-    published = report.published.isoformat() if report.published else None
-    if report.status is not None:
-        return [
-            {
-                "source": report.source,
-                "published": published,
-                "target": None,
-                "status": report.status,
-                "detail": report.detail,
-            }
-        ]
-    return [{"source": report.source, "published": published, **asdict(result)} for result in report.results]
-
-
 def _entry_table(report: Report, out: TextIO) -> None:
     when = f" ({report.published:%Y-%m-%d})" if report.published else ""
     print(f"== {_printable(report.source)}{when}", file=out)
     if report.status is not None:
         print(f"{report.status}  {_printable(report.detail or '')}", file=out)
-    elif report.results:
-        _table(report.results, out, counts=False)
     else:
-        print("the post links to no other page", file=out)
+        _table(report.results, out, counts=False)
+        print(_post_line(report), file=out)
     print(file=out, flush=True)
 
 
-def _summary(report: FeedReport) -> dict[str, object]:
-    """Counts for the end of a run: entries, targets, and each bucket (entries whose page failed included)."""
-    results = [result for entry in report.entries for result in entry.results]
-    buckets = {status.value: 0 for status in Status}
-    for status in [*(r.status for r in results), *(e.status for e in report.entries if e.status is not None)]:
-        buckets[status] += 1
-    return {
-        "feed": report.url,
-        "format": report.format,
-        "listed": report.listed,
-        "entries": len(report.entries),
-        "unreadable_entries": sum(entry.status is not None for entry in report.entries),
-        "targets": len(results),
-        **buckets,
-        "ok": report.ok,
-    }
-
-
-def _summary_line(summary: dict[str, object]) -> str:
-    counts = ", ".join(f"{summary[status]} {status}" for status in Status if summary[status])
+def _summary_line(summary: Mapping[str, object]) -> str:
+    counts = [f"{summary[status]} {status}" for status in Status if summary[status] and status is not Status.ERROR]
+    if summary["retry_later"]:
+        counts.append(f"{summary['retry_later']} to retry later")
     unreadable = f" ({summary['unreadable_entries']} unreadable)" if summary["unreadable_entries"] else ""
-    return f"{summary['entries']} of {summary['listed']} entries{unreadable}, {summary['targets']} targets" + (
-        f": {counts}" if counts else ""
-    )
+    line = f"{summary['entries']} of {summary['listed']} entries{unreadable}, {summary['targets']} targets"
+    if summary["deleted"]:
+        line += f", {summary['deleted']} deleted"
+    if not summary["targets"] and not summary["retry_later"] and not summary["unreadable_entries"]:
+        return f"{line}: nothing new to send"
+    return line + (f": {', '.join(counts)}" if counts else "")

@@ -10,6 +10,7 @@ module that raises each one:
     ├── FeedError              feed.py       a document is no feed, or is refused
     ├── EndpointError          landing.py    what a site owner typed is no usable Webmention endpoint
     ├── SendError              send.py       a page or endpoint the sender needs cannot be used
+    ├── StateError             sendstate.py  the sender's state file cannot be read as one
     └── OutboundError          net/          a request of ours could not be made or answered
         ├── Refused            net/policy.py   the address policy refuses the URL or an address (fault 49)
         ├── ResolveError       net/resolver.py the host name has no usable address

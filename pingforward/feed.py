@@ -39,6 +39,7 @@ class Entry:
 
     url: str
     published: datetime | None = None  # timezone-aware
+    updated: datetime | None = None  # when it says it was last changed, if it says so apart from `published`
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,13 @@ def parse_xml_feed(url: str, headers: Headers, body: bytes) -> Feed:
     if not version:
         raise FeedError("not an RSS, Atom or JSON feed")
     entries = (
-        _entry(url, item.get("link"), _struct_time(item.get("published_parsed") or item.get("updated_parsed")))
+        _entry(
+            url,
+            item.get("link"),
+            _struct_time(item.get("published_parsed") or item.get("updated_parsed")),
+            # dict.get: feedparser's own get answers a missing updated_parsed with published_parsed.
+            _struct_time(dict.get(item, "updated_parsed")),
+        )
         for item in parsed.entries
     )
     return Feed(url, FeedFormat.ATOM if version.startswith("atom") else FeedFormat.RSS, _distinct(entries))
@@ -151,7 +158,12 @@ def parse_json_feed(url: str, body: bytes) -> Feed:
     if not isinstance(items, list):
         raise FeedError("not a JSON feed: no list of items")
     entries = (
-        _entry(url, item.get("url"), parse_date(item.get("date_published") or item.get("date_modified")))
+        _entry(
+            url,
+            item.get("url"),
+            parse_date(item.get("date_published") or item.get("date_modified")),
+            parse_date(item.get("date_modified")),
+        )
         for item in items
         if isinstance(item, dict)
     )
@@ -241,7 +253,7 @@ def h_entries(url: str, text: str) -> tuple[Entry, ...]:
         link = item.url if item.url is not None else item.own_href if item.own_href is not None else implied
         if link is None:
             link = url if len(found) == 1 else None  # a lone h-entry is the page itself
-        entries.append(_entry(url, link, parse_date(item.published or item.updated)))
+        entries.append(_entry(url, link, parse_date(item.published or item.updated), parse_date(item.updated)))
     return _distinct(entries)
 
 
@@ -249,11 +261,11 @@ def h_entries(url: str, text: str) -> tuple[Entry, ...]:
 # Entries
 
 
-def _entry(base: str, link: object, published: datetime | None) -> Entry | None:
+def _entry(base: str, link: object, published: datetime | None, updated: datetime | None = None) -> Entry | None:
     if not isinstance(link, str):
         return None
     url = urljoin(base, link.strip())
-    return Entry(url, published) if is_http_url(url) else None
+    return Entry(url, published, updated) if is_http_url(url) else None
 
 
 def _distinct(entries: Iterable[Entry | None]) -> tuple[Entry, ...]:

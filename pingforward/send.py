@@ -13,21 +13,24 @@ import asyncio
 import json
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from enum import StrEnum
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Final
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
+from pingforward import sendstate
 from pingforward.errors import Failure, FeedError, OutboundError, PingforwardError, Refused
 from pingforward.feed import ACCEPT as FEED_ACCEPT
 from pingforward.feed import Feed, FeedFormat, pick, read_feed
 from pingforward.markup import is_html, media_type
 from pingforward.net.redirect import REDIRECTS, next_url
 from pingforward.pingback import Fault, FaultCode, Ping, RemoteFault, is_http_url, parse_answer, render_call
+from pingforward.sendstate import Outcome, PostRecord, State
+from pingforward.sendstate import Status as Status
 from pingforward.webmention import Endpoint, Protocol, discover, extract_links
 
 logger = logging.getLogger(__name__)
@@ -38,16 +41,6 @@ FETCH_HEADERS: Final = {
     # Compressed answers are inflated here under the byte cap (see read_capped), but few are sent.
     "Accept-Encoding": "identity",
 }
-
-
-class Status(StrEnum):
-    """Bridgy's buckets (bridgy tasks.py SendWebmentions), plus one for --dry-run."""
-
-    SENT = "sent"  # accepted: any 2xx to a Webmention, a pingback string or fault 48
-    SKIPPED = "skipped"  # nothing to notify: no endpoint, not an http(s) URL, refused address
-    FAILED = "failed"  # permanent: 3xx or 4xx other than 429, a permanent fault
-    ERROR = "error"  # transient, worth retrying: 5xx, 429, network errors, timeouts
-    DISCOVERED = "discovered"  # dry run: an endpoint was found and nothing was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +72,10 @@ class Result:
     endpoint: str | None = None
     http_status: int | None = None  # the endpoint's answer, or the target's when that decided
     location: str | None = None  # a 201's Location (Webmention §3.2)
-    retry_after: str | None = None  # the Retry-After field of that answer, as given (RFC 9110 §10.2.3)
+    retry_after: int | None = None  # seconds that answer's Retry-After asked for (RFC 9110 §10.2.3)
     fault_code: int | str | None = None  # a pingback server's fault, exactly as it sent it
     fault_string: str | None = None
+    failure: str | None = None  # a network failure's kind (errors.Failure): dns, refused, tls, timeout...
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +99,8 @@ class Report:
     status: Status | None = None
     detail: str | None = None
     published: datetime | None = None  # as its feed said
+    reason: str | None = None  # with a state: new, edited, unchanged or deleted (sendstate.Plan)
+    waiting: tuple[str, ...] = ()  # with a state: targets left for a later run by their Retry-After
 
     @property
     def ok(self) -> bool:
@@ -130,9 +126,13 @@ class FeedReport:
 class SendError(PingforwardError):
     """A page or endpoint could not be used; `status` is its bucket and the message says why."""
 
-    def __init__(self, status: Status, detail: str) -> None:
+    def __init__(
+        self, status: Status, detail: str, *, http_status: int | None = None, failure: str | None = None
+    ) -> None:
         self.status = status
         self.detail = detail
+        self.http_status = http_status  # the answer that decided, if one did
+        self.failure = failure  # a network failure's kind, if one decided
         super().__init__(detail)
 
 
@@ -220,7 +220,7 @@ async def _exchange(
     except OutboundError as exc:  # the network layer's words name the host and the kind of failure
         if exc.failure is Failure.URL:
             raise SendError(unusable, f"unusable URL {url!r}: {exc.reason}") from None
-        raise SendError(Status.ERROR, exc.reason) from None
+        raise SendError(Status.ERROR, exc.reason, failure=exc.failure.value) from None
     except httpx.InvalidURL as exc:
         raise SendError(unusable, f"unusable URL {url!r}: {exc}") from None
     except (
@@ -271,6 +271,7 @@ async def fetch_source(
         raise SendError(
             Status.ERROR if _transient(page.status) else Status.FAILED,
             f"the source answered {page.status}{_retry_text(page.headers)}",
+            http_status=page.status,
         )
     if not is_html(page.headers):
         raise SendError(Status.FAILED, f"the source is {media_type(page.headers)}, not HTML")
@@ -294,6 +295,21 @@ def _retry_after(headers: tuple[tuple[str, str], ...]) -> str | None:
     if value is None:
         return None
     return " ".join(value.split())[:100] or None
+
+
+def retry_seconds(value: str | None, now: datetime) -> int | None:
+    """The seconds a Retry-After field asks for: delay-seconds, or an HTTP-date less `now` (RFC 9110 §10.2.3)."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0, int((when - now).total_seconds()))
 
 
 def _retry_text(headers: tuple[tuple[str, str], ...]) -> str:
@@ -439,7 +455,7 @@ async def _webmention(
             endpoint,
             answer.status,
             reported,
-            retry_after,
+            retry_seconds(retry_after, datetime.now(UTC)),
         )
     detail = f"the endpoint redirected more than {limits.max_redirects} times"
     return Result(target, Status.FAILED, detail, Protocol.WEBMENTION, endpoint, answer.status)
@@ -469,7 +485,7 @@ async def _pingback(
         Protocol.PINGBACK,
         server,
         answer.status,
-        retry_after=retry_after,
+        retry_after=retry_seconds(retry_after, datetime.now(UTC)),
         fault_code=None if fault is None else fault.code,
         fault_string=None if fault is None else fault.string,
     )
@@ -488,7 +504,7 @@ async def _notify(
         if endpoint is None:
             if _transient(page.status):
                 detail = f"the target answered {page.status}{_retry_text(page.headers)}"
-                retry_after = _retry_after(page.headers)
+                retry_after = retry_seconds(_retry_after(page.headers), datetime.now(UTC))
                 return Result(target, Status.ERROR, detail, http_status=page.status, retry_after=retry_after)
             what = f"the target answered {page.status} and" if page.status >= 400 else "the target"
             return Result(target, Status.SKIPPED, f"{what} advertises no Webmention or Pingback endpoint")
@@ -500,8 +516,8 @@ async def _notify(
         return await send(client, budget, endpoint.url, source, target, limits)
     except SendError as exc:
         if endpoint is None:
-            return Result(target, exc.status, exc.detail)
-        return Result(target, exc.status, exc.detail, endpoint.protocol, endpoint.url)
+            return Result(target, exc.status, exc.detail, failure=exc.failure)
+        return Result(target, exc.status, exc.detail, endpoint.protocol, endpoint.url, failure=exc.failure)
 
 
 async def notify(
@@ -567,6 +583,166 @@ async def send(
     return Report(source.url, results)
 
 
+# ---------------------------------------------------------------------------------------------
+# JSON: the one shape of results, for `pingforward send --json` and `POST /send` alike.
+
+
+def result_json(result: Result) -> dict[str, object]:
+    """One target's result as JSON: every field of `Result`, enums as their values."""
+    return {
+        "target": result.target,
+        "status": result.status.value,
+        "detail": result.detail,
+        "protocol": result.protocol and result.protocol.value,
+        "endpoint": result.endpoint,
+        "http_status": result.http_status,
+        "location": result.location,
+        "retry_after": result.retry_after,
+        "fault_code": result.fault_code,
+        "fault_string": result.fault_string,
+        "failure": result.failure,
+    }
+
+
+def report_json(report: Report) -> dict[str, object]:
+    """One post as one JSON object: its results in a list (the answer of `POST /send`)."""
+    return {
+        "source": report.source,
+        "published": report.published.isoformat() if report.published else None,
+        "ok": report.ok,
+        "status": report.status and report.status.value,
+        "detail": report.detail,
+        "reason": report.reason,
+        "waiting": list(report.waiting),
+        "results": [result_json(result) for result in report.results],
+    }
+
+
+def report_lines(report: Report) -> list[dict[str, object]]:
+    """One post as JSON lines, one per target (`send --json`); one line with no target if the post was unusable."""
+    about = {"source": report.source, "published": report.published.isoformat() if report.published else None}
+    if report.status is not None:
+        return [{**about, "target": None, "status": report.status.value, "detail": report.detail}]
+    return [{**about, "reason": report.reason, **result_json(result)} for result in report.results]
+
+
+def problem_json(kind: str, url: str, exc: SendError) -> dict[str, object]:
+    """Why a post (`kind` "source": a line with no target) or a feed (`kind` "feed") could not be used."""
+    where: dict[str, object] = {kind: url, "target": None} if kind == "source" else {kind: url}
+    return {**where, "status": exc.status.value, "detail": exc.detail}
+
+
+def feed_summary(report: FeedReport) -> dict[str, object]:
+    """Counts for the end of a run: entries, targets, each bucket, and what is worth retrying later."""
+    results = [result for entry in report.entries for result in entry.results]
+    buckets = {status.value: 0 for status in Status}
+    for status in [*(r.status for r in results), *(e.status for e in report.entries if e.status is not None)]:
+        buckets[status] += 1
+    waiting = sum(len(entry.waiting) for entry in report.entries)
+    return {
+        "feed": report.url,
+        "format": report.format.value,
+        "listed": report.listed,
+        "entries": sum(entry.reason != "deleted" for entry in report.entries),
+        "unreadable_entries": sum(entry.status is not None for entry in report.entries),
+        "deleted": sum(entry.reason == "deleted" for entry in report.entries),
+        "targets": len(results),
+        **buckets,
+        "retry_later": buckets[Status.ERROR] + waiting,  # errors, and targets waiting for their Retry-After
+        "ok": report.ok,
+    }
+
+
+def feed_json(report: FeedReport) -> dict[str, object]:
+    """A feed's run as one JSON object (the answer of `POST /send` with a feed)."""
+    about = {"feed": report.feed, "url": report.url, "format": report.format.value, "listed": report.listed}
+    return {**about, "ok": report.ok, "entries": [report_json(entry) for entry in report.entries]}
+
+
+def _outcomes(results: Sequence[Result]) -> dict[str, Outcome]:
+    return {
+        result.target: Outcome(
+            result.status, result.protocol and result.protocol.value, result.detail, result.retry_after
+        )
+        for result in results
+    }
+
+
+async def send_post(
+    client: httpx.AsyncClient,
+    url: str,
+    previous: PostRecord | None,
+    *,
+    updated: str | None = None,
+    published: datetime | None = None,
+    gone_is_deletion: bool = True,
+    all_links: bool = False,
+    dry_run: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+    budget: Budget | None = None,
+    on_source: Callable[[Source, sendstate.Plan], None] | None = None,
+    on_result: Callable[[Result], None] | None = None,
+    now: datetime | None = None,
+) -> tuple[Report, PostRecord | None]:
+    """Send for one post as its record says (`sendstate.plan`); the report, and the record to keep (None: forget it).
+
+    Without a record every link is notified, as `send` does. With one, a post that answers 410 Gone
+    (when `gone_is_deletion`) is a deletion: the targets that have its mention are told once more.
+    Raise `SendError` if the post cannot be read otherwise.
+    """
+    now = now or datetime.now(UTC)
+    budget = budget or Budget(limits)
+    try:
+        async with asyncio.timeout_at(budget.deadline):
+            source = await fetch_source(client, url, all_links=all_links, limits=limits, budget=budget)
+    except TimeoutError:
+        raise SendError(Status.ERROR, f"not done when the {limits.deadline:g} s deadline passed") from None
+    except SendError as exc:
+        if exc.http_status != 410 or previous is None or not gone_is_deletion:
+            raise
+        return await _deletion(client, url, previous, published, dry_run, limits, budget, on_source, on_result, now)
+    plan = sendstate.plan(previous, source.targets, updated, now)
+    if on_source is not None:
+        on_source(source, plan)
+    to_notify = Source(source.url, source.final_url, plan.notify)
+    results = await notify(client, to_notify, dry_run=dry_run, limits=limits, on_result=on_result, budget=budget)
+    kept = sendstate.record(previous, source.targets, updated, _outcomes(results), now)
+    return Report(source.url, results, published=published, reason=plan.reason, waiting=plan.waiting), kept
+
+
+async def _deletion(
+    client: httpx.AsyncClient,
+    url: str,
+    previous: PostRecord,
+    published: datetime | None,
+    dry_run: bool,
+    limits: Limits,
+    budget: Budget,
+    on_source: Callable[[Source, sendstate.Plan], None] | None,
+    on_result: Callable[[Result], None] | None,
+    now: datetime,
+) -> tuple[Report, PostRecord | None]:
+    # §3.1.4: "If the source URL was deleted, the sender SHOULD ... return HTTP 410 Gone"; its
+    # receivers learn of it by fetching the source again when told, so each is told once more.
+    plan = sendstate.plan_deletion(previous, now)
+    source = Source(url, url, plan.notify)
+    if on_source is not None:
+        on_source(source, plan)
+    results = await notify(client, source, dry_run=dry_run, limits=limits, on_result=on_result, budget=budget)
+    kept = sendstate.record_deletion(previous, _outcomes(results), now)
+    return Report(url, results, published=published, reason=plan.reason, waiting=plan.waiting), kept
+
+
+async def answers_gone(client: httpx.AsyncClient, url: str, limits: Limits, budget: Budget) -> bool:
+    """True when `url` answers 410 Gone; False for anything else, a failure to ask included."""
+    try:
+        async with asyncio.timeout(limits.target_timeout):
+            page = await _fetch(client, budget, url, limits, Status.FAILED)
+    except (SendError, TimeoutError):
+        return False
+    return page.status == 410
+
+
 FEED_HEADERS: Final = {"Accept": FEED_ACCEPT, "Accept-Encoding": "identity"}
 
 
@@ -577,13 +753,21 @@ async def fetch_feed(
     if not is_http_url(url):
         raise SendError(Status.FAILED, f"the feed {url!r} is not an absolute http(s) URL")
     budget = budget or Budget(limits)
+    given = url
+
+    def where(found: str) -> str:
+        # Messages are printed after the URL given: name another only when it is another.
+        return "" if found == given else f"{found}: "
+
     try:
         async with asyncio.timeout(limits.target_timeout):
             for _ in range(2):  # the URL given, then the feed a page names
                 page = await _fetch(client, budget, url, limits, Status.FAILED, FEED_HEADERS)
                 if not 200 <= page.status < 300:
                     bucket = Status.ERROR if _transient(page.status) else Status.FAILED
-                    raise SendError(bucket, f"{page.url} answered {page.status}{_retry_text(page.headers)}")
+                    who = "the feed" if page.url == given else page.url
+                    what = f"{who} answered {page.status}{_retry_text(page.headers)}"
+                    raise SendError(bucket, what, http_status=page.status)
                 if len(page.body) >= limits.max_bytes:
                     logger.warning(
                         "feed %r is larger than %d bytes; entries after that are not seen", url, limits.max_bytes
@@ -592,7 +776,7 @@ async def fetch_feed(
                     # Parsing takes CPU time; a worker thread keeps the event loop moving meanwhile.
                     found = await asyncio.to_thread(read_feed, page.url, page.headers, page.body)
                 except FeedError as exc:
-                    raise SendError(Status.FAILED, f"{page.url}: {exc}") from None
+                    raise SendError(Status.FAILED, f"{where(page.url)}{exc}") from None
                 if isinstance(found, Feed):
                     return found
                 url = found
@@ -610,33 +794,64 @@ async def send_feed(
     all_links: bool = False,
     dry_run: bool = False,
     limits: Limits = DEFAULT_LIMITS,
+    state: State | None = None,
     on_feed: Callable[[Feed, int], None] | None = None,
     on_result: Callable[[Result], None] | None = None,
     on_report: Callable[[Report], None] | None = None,
+    on_record: Callable[[str, PostRecord | None], None] | None = None,
 ) -> FeedReport:
-    """Read the feed, pick its entries (newest first) and send for each as `send` does for a post.
+    """Read the feed, pick its entries (newest first) and send for each as `send_post` does for a post.
 
     Raise `SendError` if the feed cannot be read. Entries go one after the other, each with its
-    targets in parallel, all within one budget. `on_feed` hears how many entries were picked.
+    targets in parallel, all within one budget. `on_feed` hears how many entries were picked. With
+    a `state`, each post is sent as its record says, and each post the state knows that the feed no
+    longer lists is asked for once: if it answers 410 Gone, its deletion is sent. `on_record` hears
+    each post's new record as soon as it is known (None: forget the post).
     """
     budget = Budget(limits)
     feed = await fetch_feed(client, feed_url, limits=limits, budget=budget)
     entries = pick(feed.entries, since=since, limit=limit)
     if on_feed is not None:
         on_feed(feed, len(entries))
+    remembered = state.posts if state is not None else {}
     reports = []
-    for entry in entries:
-        try:
-            async with asyncio.timeout_at(budget.deadline):
-                source = await fetch_source(client, entry.url, all_links=all_links, limits=limits, budget=budget)
-        except SendError as exc:
-            report = Report(entry.url, (), exc.status, exc.detail, entry.published)
-        except TimeoutError:
-            report = Report(entry.url, (), Status.ERROR, f"not done when the {limits.deadline:g} s deadline passed")
-        else:
-            results = await notify(client, source, dry_run=dry_run, limits=limits, on_result=on_result, budget=budget)
-            report = Report(source.url, results, published=entry.published)
+
+    def done(report: Report) -> None:
         if on_report is not None:
             on_report(report)
         reports.append(report)
+
+    for entry in entries:
+        try:
+            report, kept = await send_post(
+                client,
+                entry.url,
+                remembered.get(entry.url),
+                updated=entry.updated.isoformat() if entry.updated else None,
+                published=entry.published,
+                gone_is_deletion=False,  # still listed: not deleted, whatever it answers now
+                all_links=all_links,
+                dry_run=dry_run,
+                limits=limits,
+                budget=budget,
+                on_result=on_result,
+            )
+        except SendError as exc:
+            done(Report(entry.url, (), exc.status, exc.detail, entry.published))
+            continue
+        if on_record is not None and state is not None:
+            on_record(entry.url, kept)
+        done(report)
+    if state is not None:
+        # A post that left the feed was deleted only if it answers 410; one that fell out of the
+        # feed's window, or answers 404, keeps its record (Webmention §3.1.4 names 410 Gone).
+        for url in sendstate.unlisted(state, (entry.url for entry in feed.entries)):
+            if not await answers_gone(client, url, limits, budget):
+                continue
+            report, kept = await _deletion(
+                client, url, state.posts[url], None, dry_run, limits, budget, None, on_result, datetime.now(UTC)
+            )
+            if on_record is not None:
+                on_record(url, kept)
+            done(report)
     return FeedReport(feed_url, feed.url, feed.format, len(feed.entries), tuple(reports))

@@ -56,6 +56,8 @@ def test_json_lines(site: respx.MockRouter, capsys: pytest.CaptureFixture[str]) 
     assert lines == [
         {
             "source": SRC,
+            "published": None,
+            "reason": "new",
             "target": "https://wm.example/",
             "status": "sent",
             "detail": "created, status at https://wm.example/status/1",
@@ -66,9 +68,12 @@ def test_json_lines(site: respx.MockRouter, capsys: pytest.CaptureFixture[str]) 
             "retry_after": None,
             "fault_code": None,
             "fault_string": None,
+            "failure": None,
         },
         {
             "source": SRC,
+            "published": None,
+            "reason": "new",
             "target": "https://none.example/",
             "status": "skipped",
             "detail": "the target advertises no Webmention or Pingback endpoint",
@@ -79,6 +84,7 @@ def test_json_lines(site: respx.MockRouter, capsys: pytest.CaptureFixture[str]) 
             "retry_after": None,
             "fault_code": None,
             "fault_string": None,
+            "failure": None,
         },
     ]
 

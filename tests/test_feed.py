@@ -80,14 +80,22 @@ CASES = [
         ],
         id="rss2",
     ),
-    pytest.param(XML, RSS1, FeedFormat.RSS, [Entry("https://blog.example/r", when("2026-01-05T00:00:00Z"))], id="rss1"),
+    pytest.param(
+        XML,
+        RSS1,
+        FeedFormat.RSS,
+        [Entry("https://blog.example/r", when("2026-01-05T00:00:00Z"), when("2026-01-05T00:00:00Z"))],
+        id="rss1",
+    ),
     pytest.param(
         ATOM,
         ATOM1,
         FeedFormat.ATOM,
         [
-            Entry("https://blog.example/a", when("2026-02-01T00:00:00Z")),  # published wins over updated
-            Entry("https://blog.example/b", when("2026-01-01T00:00:00Z")),
+            Entry(
+                "https://blog.example/a", when("2026-02-01T00:00:00Z"), when("2026-02-03T00:00:00Z")
+            ),  # published first
+            Entry("https://blog.example/b", when("2026-01-01T00:00:00Z"), when("2026-01-01T00:00:00Z")),
         ],
         id="atom",
     ),
@@ -99,7 +107,7 @@ CASES = [
         FeedFormat.JSON,
         [
             Entry("https://blog.example/j1", when("2026-01-10T08:00:00Z")),
-            Entry("https://blog.example/j2", when("2026-01-09T00:00:00Z")),
+            Entry("https://blog.example/j2", when("2026-01-09T00:00:00Z"), when("2026-01-09T00:00:00Z")),
         ],
         id="json-feed-1.1",
     ),
@@ -110,7 +118,7 @@ CASES = [
         FeedFormat.HFEED,
         [
             Entry("https://blog.example/h1", when("2026-01-03T12:00:00Z")),
-            Entry("https://blog.example/h2", when("2026-01-02T00:00:00Z")),
+            Entry("https://blog.example/h2", when("2026-01-02T00:00:00Z"), when("2026-01-02T00:00:00Z")),
             Entry("https://blog.example/h3"),
         ],
         id="h-feed",

@@ -475,8 +475,8 @@ async def test_retry_after_is_reported(respx_mock: respx.MockRouter, client: htt
     respx_mock.post("https://wm.example/wm").mock(return_value=httpx.Response(429, headers={"Retry-After": "30"}))
     report = await send(client, SRC)
     assert [(r.status, r.retry_after, r.detail) for r in report.results] == [
-        (Status.ERROR, "120", "the target answered 503; retry after 120 s"),
-        (Status.ERROR, "30", "the endpoint answered 429; retry after 30 s"),
+        (Status.ERROR, 120, "the target answered 503; retry after 120 s"),
+        (Status.ERROR, 30, "the endpoint answered 429; retry after 30 s"),
     ]
 
 

@@ -152,6 +152,8 @@ def test_each_feed_format_end_to_end(blog: Site, capsys: pytest.CaptureFixture[s
             "failed": 0,
             "error": 0,
             "discovered": 0,
+            "deleted": 0,
+            "retry_later": 0,
             "ok": True,
         }
     }
@@ -206,15 +208,17 @@ def test_failures_make_the_exit_status(blog: Site, capsys: pytest.CaptureFixture
         (blog.url("/t/flood"), "error", "fault 429: You are posting comments too quickly. Slow down."),
         (None, "failed", "the source answered 404"),
     ]
-    assert (results[0]["retry_after"], results[1]["fault_code"]) == ("120", 429)
+    assert (results[0]["retry_after"], results[1]["fault_code"]) == (120, 429)
     assert {
-        key: summary["summary"][key] for key in ("entries", "unreadable_entries", "targets", "error", "failed")
+        key: summary["summary"][key]
+        for key in ("entries", "unreadable_entries", "targets", "error", "failed", "retry_later")
     } == {
         "entries": 2,
         "unreadable_entries": 1,
         "targets": 2,
         "error": 2,
         "failed": 1,
+        "retry_later": 2,
     }
 
     code, lines, err = run(capsys, "--feed", blog.url("/nothing-here"))
@@ -224,7 +228,7 @@ def test_failures_make_the_exit_status(blog: Site, capsys: pytest.CaptureFixture
             {
                 "feed": blog.url("/nothing-here"),
                 "status": "failed",
-                "detail": f"{blog.url('/nothing-here')} answered 404",
+                "detail": "the feed answered 404",
             }
         ],
     )
