@@ -10,11 +10,12 @@ and https://www.hixie.ch/specs/pingback/pingback (§3).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final
@@ -23,10 +24,12 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import httpx
 
 from pingforward import sendstate
-from pingforward.errors import Failure, FeedError, OutboundError, PingforwardError, Refused
+from pingforward.errors import Failure, FeedError, ForwardError, OutboundError, PingforwardError, Refused
 from pingforward.feed import ACCEPT as FEED_ACCEPT
 from pingforward.feed import Feed, FeedFormat, pick, read_feed
+from pingforward.forward import parse_forward
 from pingforward.markup import is_html, media_type
+from pingforward.net.policy import embedded_ipv4, host_literal
 from pingforward.net.redirect import REDIRECTS, next_url
 from pingforward.pingback import Fault, FaultCode, Ping, RemoteFault, is_http_url, parse_answer, render_call
 from pingforward.sendstate import Outcome, PostRecord, State
@@ -36,6 +39,7 @@ from pingforward.webmention import Endpoint, Protocol, discover, extract_links
 logger = logging.getLogger(__name__)
 
 MAX_DETAIL: Final = 200
+_PORTS: Final = {"http": 80, "https": 443}
 FETCH_HEADERS: Final = {
     "Accept": "text/html, application/xhtml+xml;q=0.9, */*;q=0.1",
     # Compressed answers are inflated here under the byte cap (see read_capped), but few are sent.
@@ -56,6 +60,9 @@ class Limits:
     max_requests: int = 1000  # outbound requests of the whole call: fetches, redirects, notifications
     target_timeout: float = 30.0  # fetch, discovery and notification of one target
     deadline: float = 120.0  # the whole call
+    # (host, port) origins never requested: a proxy's own, for POST /send (`origins`). A pingback to
+    # its own endpoint goes straight to the Webmention endpoint it forwards to, within the budget.
+    own: frozenset[tuple[str, int]] = frozenset()
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -152,6 +159,7 @@ class Budget:
         self.deadline = asyncio.get_running_loop().time() + limits.deadline
         self._per_host = limits.per_host
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self.own = limits.own
 
     def slot(self, url: str) -> asyncio.Semaphore:
         """At most `per_host` requests in flight to each host name."""
@@ -163,6 +171,31 @@ class Budget:
         if self.left <= 0:
             raise SendError(Status.ERROR, f"not tried: this call's {self.limit} outbound requests are spent")
         self.left -= 1
+
+
+def origin(host: str, port: int) -> tuple[str, int]:
+    """A (host, port) in one spelling: lower case, no final dot, an IP address as `ipaddress` writes it."""
+    host = host.strip("[]").rstrip(".").lower()
+    address = host_literal(host)
+    if isinstance(address, ipaddress.IPv6Address):
+        address = embedded_ipv4(address) or address
+    return (str(address) if address is not None else host), port
+
+
+def origins(host_field: str, server: tuple[str, int] | None) -> frozenset[tuple[str, int]]:
+    """A server's own origins: the name its clients used (the Host field) on its port, or on both default
+    ports when it names none (a TLS-terminating router may stand between), and the address reached."""
+    found: set[tuple[str, int]] = set()
+    try:
+        parts = urlsplit(f"http://{host_field.strip()}")
+        ports = [parts.port] if parts.port else [80, 443]
+    except ValueError:  # a Host field no URL could name: no URL names it either
+        parts, ports = urlsplit(""), []
+    if parts.hostname:
+        found.update(origin(parts.hostname, port) for port in ports)
+    if server is not None:
+        found.add(origin(*server))
+    return frozenset(found)
 
 
 def _transient(status: int) -> bool:
@@ -202,9 +235,14 @@ async def _exchange(
     headers: dict[str, str] | None = None,
 ) -> _Answer:
     """One request and a bounded read of its answer; transport problems become `SendError`."""
-    budget.spend()
     try:
         request = client.build_request(method, url, content=content, headers=headers)
+        # The host as it will be dialled (IDNA applied), so that no spelling of a proxy's own name passes.
+        host, port = request.url.raw_host.decode("ascii"), request.url.port or _PORTS.get(request.url.scheme, 80)
+        if budget.own and origin(host, port) in budget.own:
+            # Its own pages and endpoint would be a loop, and work outside this call's budget.
+            raise Refused(f"{host} port {port} is this proxy itself")
+        budget.spend()
         # The sender starts requests and forwards none: Via is for intermediaries (RFC 9110
         # §7.6.3), and a pingforward proxy answers a request that carries ours with 508.
         request.headers.pop("via", None)
@@ -223,9 +261,7 @@ async def _exchange(
         raise SendError(Status.ERROR, exc.reason, failure=exc.failure.value) from None
     except httpx.InvalidURL as exc:
         raise SendError(unusable, f"unusable URL {url!r}: {exc}") from None
-    except (
-        UnicodeError
-    ) as exc:  # idna's IDNAError: an xn-- label that is no Punycode, or a code point IDNA 2008 refuses
+    except UnicodeError as exc:  # idna's IDNAError: an xn-- label that is no Punycode, or a code point IDNA refuses
         raise SendError(unusable, f"unusable URL {url!r}: the host name is not valid IDNA ({exc})") from None
 
 
@@ -491,6 +527,25 @@ async def _pingback(
     )
 
 
+def _is_own(url: str, own: frozenset[tuple[str, int]]) -> bool:
+    parts = urlsplit(url)
+    return origin(parts.hostname or "", parts.port or _PORTS.get(parts.scheme, 80)) in own
+
+
+async def _own_pingback(
+    client: httpx.AsyncClient, budget: Budget, server: str, source: str, target: str, limits: Limits
+) -> Result:
+    # The target names this very proxy as its pingback server: what the proxy would do with the
+    # ping is one Webmention to its forward URL, so that is sent here, counted in this call's budget.
+    try:
+        forward_url = parse_forward(urlsplit(server).query)
+    except ForwardError as exc:
+        return Result(target, Status.FAILED, f"this proxy's own pingback endpoint: {exc}", Protocol.PINGBACK, server)
+    result = await _webmention(client, budget, forward_url, source, target, limits)
+    detail = f"{result.detail} (sent to {forward_url}, where this proxy's own pingback endpoint forwards)"
+    return replace(result, detail=detail, protocol=Protocol.PINGBACK, endpoint=server)
+
+
 async def _notify(
     client: httpx.AsyncClient, budget: Budget, source: str, target: str, limits: Limits, dry_run: bool
 ) -> Result:
@@ -512,6 +567,8 @@ async def _notify(
             return Result(target, Status.SKIPPED, "the endpoint is not an http(s) URL", endpoint.protocol, endpoint.url)
         if dry_run:
             return Result(target, Status.DISCOVERED, "not sent (dry run)", endpoint.protocol, endpoint.url)
+        if endpoint.protocol == Protocol.PINGBACK and budget.own and _is_own(endpoint.url, budget.own):
+            return await _own_pingback(client, budget, endpoint.url, source, target, limits)
         send = _webmention if endpoint.protocol == Protocol.WEBMENTION else _pingback
         return await send(client, budget, endpoint.url, source, target, limits)
     except SendError as exc:

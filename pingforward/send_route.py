@@ -5,7 +5,6 @@ amplifier). Bearer tokens: https://www.rfc-editor.org/rfc/rfc6750#section-2.1
 from __future__ import annotations
 
 import hmac
-from dataclasses import asdict
 from typing import Final
 from urllib.parse import parse_qs
 
@@ -32,7 +31,7 @@ SEND_RETRY_AFTER: Final = "10"  # seconds; about half of a call's deadline
 
 
 async def send_route(request: Request, token: str) -> Response:
-
+    """Send for one post (`source`) or a feed (`feed`); answer with send.py's `report_json` or `feed_json`."""
     if not _authorized(request, token):
         return JSONResponse({"error": "unauthorized"}, 401, headers={"WWW-Authenticate": 'Bearer realm="pingforward"'})
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
@@ -51,8 +50,10 @@ async def send_route(request: Request, token: str) -> Response:
         body = {"error": f"this worker is already serving {MAX_SENDS} sends; retry later"}
         return JSONResponse(body, 503, headers={"Retry-After": SEND_RETRY_AFTER})
     state.sends_in_flight = active + 1
-    # PaaS routers cut requests at 30 s.
-    limits = sender.Limits(target_timeout=10.0, deadline=25.0, max_requests=SEND_MAX_REQUESTS)
+    # PaaS routers cut requests at 30 s. Never this proxy itself, however named: its pages would
+    # be fetched and its forwards made outside this call's budget.
+    own = sender.origins(request.headers.get("host", ""), request.scope.get("server"))
+    limits = sender.Limits(target_timeout=10.0, deadline=25.0, max_requests=SEND_MAX_REQUESTS, own=own)
     client = request.state.client
     try:
         if feeds:
@@ -65,19 +66,7 @@ async def send_route(request: Request, token: str) -> Response:
                 dry_run="dry_run" in flags,
                 limits=limits,
             )
-            entries = [
-                {
-                    "source": entry.source,
-                    "published": entry.published.isoformat() if entry.published else None,
-                    "ok": entry.ok,
-                    "status": entry.status,
-                    "detail": entry.detail,
-                    "results": [asdict(r) for r in entry.results],
-                }
-                for entry in report.entries
-            ]
-            about = {"feed": report.feed, "url": report.url, "format": report.format, "listed": report.listed}
-            return JSONResponse({**about, "ok": report.ok, "entries": entries})
+            return JSONResponse(sender.feed_json(report))
         one = await sender.send(
             client,
             sources[0].strip(),
@@ -90,4 +79,4 @@ async def send_route(request: Request, token: str) -> Response:
         return JSONResponse(body, 502 if exc.status == sender.Status.ERROR else 422)
     finally:
         state.sends_in_flight -= 1
-    return JSONResponse({"source": one.source, "ok": one.ok, "results": [asdict(r) for r in one.results]})
+    return JSONResponse(sender.report_json(one))

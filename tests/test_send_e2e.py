@@ -139,6 +139,38 @@ async def test_post_send_endpoint(site: Site, proxy: str) -> None:
         (site.url("/broken"), "error"),
     ]
     assert_four_targets_notified(site)
+    # The proxy is the pingback server of /pb-target: the call sent the Webmention it forwards to
+    # itself, in its own budget, instead of a pingback to itself.
+    assert "where this proxy's own pingback endpoint forwards" in answer["results"][1]["detail"]
+
+
+@pytest.mark.anyio
+async def test_post_send_never_fetches_the_proxy_itself(site: Site, proxy: str) -> None:
+    port = proxy.rsplit(":", 1)[1]
+    spellings = [f"http://{host}:{port}" for host in ("127.0.0.1", "127.1", "2130706433", "[::ffff:127.0.0.1]")]
+    own_pages = [f"{base}{path}" for base in spellings for path in ("/", "/healthz", "/?forward=x")]
+    links = "".join(f'<a href="{url}">x</a>' for url in own_pages)
+    site.routes[("GET", "/post")] = html(f'<article class="h-entry"><div class="e-content">{links}</div></article>')
+    feed = "".join(f"<item><link>{url}</link></item>" for url in [site.url("/post"), *own_pages])
+    site.routes[("GET", "/feed.xml")] = (
+        200,
+        [("Content-Type", "application/rss+xml")],
+        f"<rss><channel>{feed}</channel></rss>".encode(),
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        for base in spellings:
+            answer = await http.post(f"{proxy}/send", data={"source": f"{base}/"}, headers=auth)
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["error"].endswith("is this proxy itself")
+        answer = await http.post(f"{proxy}/send", data={"feed": site.url("/feed.xml")}, headers=auth)
+    assert answer.status_code == 200
+    entries = answer.json()["entries"]
+    assert len(entries) == 1 + len(own_pages)
+    assert all(entry["detail"].endswith("is this proxy itself") for entry in entries[1:])
+    results = entries[0]["results"]
+    assert [r["status"] for r in results] == ["skipped"] * len(own_pages)
+    assert all(r["detail"].endswith("is this proxy itself") for r in results)
 
 
 def test_cli_subprocess(site: Site, proxy: str) -> None:
