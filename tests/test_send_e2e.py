@@ -173,6 +173,44 @@ async def test_post_send_never_fetches_the_proxy_itself(site: Site, proxy: str) 
     assert all(r["detail"].endswith("is this proxy itself") for r in results)
 
 
+BAD_HOSTS = ["xn--zz.example", "xn--abc.example", "xn--ls8h.la", "💩.la", "a..b.example", "ex ample.com"]
+
+
+@pytest.mark.anyio
+async def test_post_send_answers_every_host_spelling_without_a_500(site: Site, proxy: str) -> None:
+    """An xn-- label that is no Punycode, a code point IDNA refuses, an emoji: in the source, the feed, a
+    redirect and a feed's entry, each is the sender's "failed" or "skipped" bucket with words."""
+    site.routes[("GET", "/moved")] = (302, [("Location", "http://xn--zz.example/post")], b"")
+    links = "".join(f'<a href="http://{host}/">x</a>' for host in BAD_HOSTS)
+    site.routes[("GET", "/post")] = html(f'<article class="h-entry"><div class="e-content">{links}</div></article>')
+    items = "".join(f"<item><link>http://{host}/p</link></item>" for host in BAD_HOSTS)
+    site.routes[("GET", "/feed.xml")] = (
+        200,
+        [("Content-Type", "application/rss+xml")],
+        f"<rss><channel>{items}</channel></rss>".encode(),
+    )
+    forms = [
+        *({"source": f"http://{host}/"} for host in BAD_HOSTS),
+        *({"feed": f"http://{host}/feed"} for host in BAD_HOSTS),
+        {"source": site.url("/moved")},
+        {"feed": site.url("/moved")},
+    ]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        for form in forms:
+            answer = await http.post(f"{proxy}/send", data=form, headers=auth)
+            assert answer.status_code in (422, 502), (form, answer.text)
+            assert answer.json()["error"], form
+        targets = (await http.post(f"{proxy}/send", data={"source": site.url("/post")}, headers=auth)).json()
+        entries = (await http.post(f"{proxy}/send", data={"feed": site.url("/feed.xml")}, headers=auth)).json()
+    assert {r["status"] for r in targets["results"]} <= {"skipped", "error"}
+    assert all(r["detail"] for r in targets["results"])
+    assert {entry["status"] for entry in entries["entries"]} <= {"failed", "error"}
+    assert all(entry["detail"] for entry in entries["entries"])
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.get(f"{proxy}/healthz")).status_code == 200
+
+
 def test_cli_subprocess(site: Site, proxy: str) -> None:
     four_targets(site, proxy)
     environ = {key: value for key, value in os.environ.items() if not key.startswith("PINGFORWARD_")}
