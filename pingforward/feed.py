@@ -13,6 +13,7 @@ import calendar
 import io
 import json
 import re
+import xml.parsers.expat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -104,11 +105,49 @@ def _looks_like_xml_feed(start: bytes) -> bool:
 _ENTITY_DECLARATION: Final = re.compile(r"<!ENTITY", re.IGNORECASE)
 
 
+# feedparser's CPU time grows with the number of elements, several times faster when the XML is not
+# well-formed (its loose parser), and with their nesting (bench/README.md). Real feeds have a few
+# hundred elements nested a dozen deep (an Atom feed with XHTML content a few thousand); these bounds
+# keep a document that is all markup from costing seconds of CPU in a thread nobody can stop.
+MAX_DEPTH: Final = 100
+MAX_ELEMENTS: Final = 10_000
+MAX_ELEMENTS_LOOSE: Final = 2_000  # for XML that is not well-formed, which feedparser parses by hand
+# Tags as the XML spec writes them; CDATA sections, comments, processing instructions and
+# declarations hold no elements (https://www.w3.org/TR/xml/#sec-cdata-sect).
+_MARKUP: Final = re.compile(r"<!\[CDATA\[.*?\]\]>|<!--.*?-->|<\?.*?\?>|<!.*?>|<(/?)[^\s<>/!?][^<>]*?(/?)>", re.DOTALL)
+
+
+def _bound(text: str) -> None:
+    """Raise `FeedError` for a document nested deeper, or with more elements, than feedparser may be given."""
+    try:
+        # Entity declarations are refused before this; expat without handlers only checks the syntax.
+        xml.parsers.expat.ParserCreate().Parse(text.encode("utf-8"), True)
+        limit = MAX_ELEMENTS
+    except xml.parsers.expat.ExpatError:
+        limit = MAX_ELEMENTS_LOOSE
+    depth = elements = 0
+    for tag in _MARKUP.finditer(text):
+        closing, empty = tag.group(1), tag.group(2)
+        if closing is None:  # no element
+            continue
+        if closing:
+            depth = max(0, depth - 1)
+            continue
+        elements += 1
+        depth += not empty
+        if depth > MAX_DEPTH:
+            raise FeedError(f"the feed nests elements more than {MAX_DEPTH} deep, which feeds never do")
+        if elements > limit:
+            well = "" if limit == MAX_ELEMENTS else " (it is not well-formed XML)"
+            raise FeedError(f"the feed has more than {limit} elements{well}, more than feeds have")
+
+
 def parse_xml_feed(url: str, headers: Headers, body: bytes) -> Feed:
-    """An RSS or Atom feed; raise `FeedError` if it is neither, or declares entities."""
+    """An RSS or Atom feed; raise `FeedError` if it is neither, declares entities, or is shaped as no feed is."""
     text = decode(headers, body, xml=True)
     if _ENTITY_DECLARATION.search(text):
         raise FeedError("the feed declares XML entities, which are refused")
+    _bound(text)
     import feedparser  # only for feeds: it takes a while to import, and a proxy worker never needs it
 
     # UTF-8 bytes with a charset that says so: feedparser decodes them as checked above (RFC 7303

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Final
+from typing import Final, ParamSpec, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
@@ -37,6 +37,8 @@ from pingforward.sendstate import Status as Status
 from pingforward.webmention import Endpoint, Protocol, discover, extract_links
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 MAX_DETAIL: Final = 200
 _PORTS: Final = {"http": 80, "https": 443}
@@ -198,6 +200,21 @@ def origins(host_field: str, server: tuple[str, int] | None) -> frozenset[tuple[
     return frozenset(found)
 
 
+async def _in_thread(work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run bounded CPU work (parsing) in a worker thread, keeping the event loop free meanwhile.
+
+    A thread cannot be stopped; if the call is cancelled (its deadline, or its client gone), this
+    waits for the work to end before the cancellation goes on, so that no work outlives its call. The
+    parsers' input bounds keep that wait short (feed.MAX_ELEMENTS, Limits.max_bytes).
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(work, *args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
 def _transient(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -315,9 +332,7 @@ async def fetch_source(
         logger.warning("source %r is larger than %d bytes; links after that are not seen", url, limits.max_bytes)
     # Parsing up to max_bytes takes CPU time (about a second per MB); a worker thread keeps the
     # event loop, and the other requests of a server, moving meanwhile.
-    targets = await asyncio.to_thread(
-        extract_links, page.url, page.headers, page.body, all_links=all_links, aliases=(url,)
-    )
+    targets = await _in_thread(extract_links, page.url, page.headers, page.body, all_links=all_links, aliases=(url,))
     return Source(url, page.url, targets)
 
 
@@ -555,7 +570,7 @@ async def _notify(
     try:
         # One GET, kept for both protocols: webmention.rocks test 23 serves its page only once.
         page = await _fetch(client, budget, target, limits, Status.SKIPPED)
-        endpoint = await asyncio.to_thread(discover, page.url, page.headers, page.body)
+        endpoint = await _in_thread(discover, page.url, page.headers, page.body)
         if endpoint is None:
             if _transient(page.status):
                 detail = f"the target answered {page.status}{_retry_text(page.headers)}"
@@ -831,7 +846,7 @@ async def fetch_feed(
                     )
                 try:
                     # Parsing takes CPU time; a worker thread keeps the event loop moving meanwhile.
-                    found = await asyncio.to_thread(read_feed, page.url, page.headers, page.body)
+                    found = await _in_thread(read_feed, page.url, page.headers, page.body)
                 except FeedError as exc:
                     raise SendError(Status.FAILED, f"{where(page.url)}{exc}") from None
                 if isinstance(found, Feed):

@@ -314,3 +314,43 @@ def test_feed_module_is_pure() -> None:
     code += "print(sorted(m for m in ('httpx', 'starlette', 'asyncio', 'anyio') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def atom(content: str, entries: int = 1) -> bytes:
+    entry = f'<entry><id>urn:e</id><link href="/p"/><content type="xhtml"><div>{content}</div></content></entry>'
+    return f'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom">{entry * entries}</feed>'.encode()
+
+
+def rss_items(count: int, tail: str = "") -> bytes:
+    items = "".join(f"<item><link>/p/{n}</link><title>t</title></item>" for n in range(count))
+    return f'<?xml version="1.0"?><rss version="2.0"><channel>{items}{tail}</channel></rss>'.encode()
+
+
+SHAPES_NO_FEED_HAS = [
+    # Each costs feedparser seconds of CPU in a thread that cannot be stopped.
+    pytest.param(atom("<div>" * 100_000 + "</div>" * 100_000)[:1_000_000], "nests elements more than 100", id="deep"),
+    pytest.param(atom("<b>a</b>" * 110_000), "more than 10000 elements", id="wide"),
+    pytest.param(rss_items(25_000), "more than 10000 elements", id="many-items"),
+    pytest.param(rss_items(1_000, "<a></b>"), "more than 2000 elements (it is not well-formed XML)", id="loose"),
+    pytest.param(atom("<br>" * 200), "nests elements more than 100", id="unclosed"),
+]
+
+
+@pytest.mark.parametrize(("body", "words"), SHAPES_NO_FEED_HAS)
+def test_documents_shaped_as_no_feed_is_are_refused_before_parsing(body: bytes, words: str) -> None:
+    with pytest.raises(FeedError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        read_feed(BASE, ATOM, body)
+
+
+SHAPES_OF_REAL_FEEDS = [
+    pytest.param(atom("<div>" * 40 + "<p>deep</p>" + "</div>" * 40), 1, id="xhtml-40-deep"),
+    pytest.param(atom("<p><a href='/x'>x</a> <b>y</b></p>" * 100, 20), 1, id="xhtml-8000-elements"),
+    pytest.param(rss_items(900, "<![CDATA[" + "<br>" * 5000 + "]]><!-- <x> -->"), 900, id="cdata-and-comments"),
+    pytest.param(rss_items(300, "<description>a &nbsp; b</description>"), 300, id="not-well-formed-small"),
+]
+
+
+@pytest.mark.parametrize(("body", "count"), SHAPES_OF_REAL_FEEDS)
+def test_feeds_as_real_ones_are_shaped_pass(body: bytes, count: int) -> None:
+    feed = read_feed(BASE, ATOM, body)
+    assert isinstance(feed, Feed) and len(feed.entries) == count

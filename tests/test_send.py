@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
+import time
 import xmlrpc.client
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
@@ -20,6 +22,7 @@ from pingforward.send import (
     Result,
     SendError,
     Status,
+    _in_thread,
     classify_pingback,
     classify_webmention,
     fetch_source,
@@ -45,8 +48,12 @@ WEBMENTION_CASES = [
     # Only redirects that cannot be followed get here (net/redirect.py); a 303 says the POST was processed.
     pytest.param(303, "https://e.org/s/1", b"", None, Status.SENT, "processed (303 See Other, at https://e", id="303"),
     pytest.param(303, None, b"", None, Status.SENT, "processed (303 See Other)", id="303-no-location"),
-    pytest.param(301, None, b"", None, Status.FAILED, "redirected (301) without a usable Location", id="301-no-location"),
-    pytest.param(302, None, b"", None, Status.FAILED, "redirected (302) without a usable Location", id="302-no-location"),
+    pytest.param(
+        301, None, b"", None, Status.FAILED, "redirected (301) without a usable Location", id="301-no-location"
+    ),
+    pytest.param(
+        302, None, b"", None, Status.FAILED, "redirected (302) without a usable Location", id="302-no-location"
+    ),
     pytest.param(
         307, None, b"", None, Status.FAILED, "redirected (307) without a usable Location", id="307-no-location"
     ),
@@ -496,3 +503,19 @@ async def test_one_budget_of_requests_per_call(respx_mock: respx.MockRouter, cli
     assert len(respx_mock.calls) == 5
     assert [r.status for r in report.results] == [Status.SENT, Status.ERROR]
     assert report.results[1].detail == "not tried: this call's 5 outbound requests are spent"
+
+
+@pytest.mark.anyio
+async def test_no_parsing_outlives_its_call() -> None:
+    """A call cut short by its deadline answers only once the parsing thread it started has ended."""
+    started, ended = threading.Event(), threading.Event()
+
+    def parse() -> None:
+        started.set()
+        time.sleep(0.3)  # stands for CPU-bound parsing that cannot be interrupted
+        ended.set()
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await _in_thread(parse)
+    assert started.is_set() and ended.is_set()

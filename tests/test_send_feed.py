@@ -309,6 +309,20 @@ def test_entity_laden_feed_is_refused(blog: Site, capsys: pytest.CaptureFixture[
     assert [item.path for item in blog.log] == ["/laughs.xml"]  # no entry was fetched
 
 
+@pytest.mark.anyio
+async def test_post_send_refuses_feeds_shaped_as_no_feed_is(blog: Site, app_client: httpx.AsyncClient) -> None:
+    # 1 MB of 100,000 nested elements: seconds of feedparser's CPU, in a thread that outlived the call.
+    nested = b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><entry><link href="/posts/1"/>'
+    nested = (nested + b"<content type='xhtml'>" + b"<div>" * 100_000 + b"</div>" * 100_000)[:1_000_000]
+    blog.routes[("GET", "/nested.xml")] = (200, [("Content-Type", "application/atom+xml")], nested)
+    answers = await asyncio.gather(
+        *(app_client.post("/send", data={"feed": blog.url("/nested.xml")}, headers=AUTH) for _ in range(4))
+    )
+    assert [answer.status_code for answer in answers] == [422] * 4
+    assert all("nests elements more than 100 deep" in answer.json()["error"] for answer in answers)
+    assert {item.path for item in blog.log} == {"/nested.xml"}
+
+
 @contextmanager
 def streaming_server() -> Iterator[tuple[str, threading.Event]]:
     """GET /endless: a feed that never ends; GET /stall: half a feed, then silence until the test ends."""
