@@ -701,7 +701,7 @@ def report_lines(report: Report) -> list[dict[str, object]]:
 def problem_json(kind: str, url: str, exc: SendError) -> dict[str, object]:
     """Why a post (`kind` "source": a line with no target) or a feed (`kind` "feed") could not be used."""
     where: dict[str, object] = {kind: url, "target": None} if kind == "source" else {kind: url}
-    return {**where, "status": exc.status.value, "detail": exc.detail}
+    return {**where, "status": exc.status.value, "detail": exc.detail, "failure": exc.failure}
 
 
 def feed_summary(report: FeedReport) -> dict[str, object]:

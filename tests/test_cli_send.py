@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 
 import httpx
 import pytest
@@ -110,6 +111,7 @@ def test_unusable_source(respx_mock: respx.MockRouter, capsys: pytest.CaptureFix
         "target": None,
         "status": "failed",
         "detail": "the source answered 404",
+        "failure": None,
     }
     assert "the source answered 404" in captured.err
 
@@ -158,3 +160,33 @@ def test_what_pages_say_cannot_drive_the_terminal(
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "bad\\x1b]0;pwned\\x07 request" in out
+
+
+@pytest.mark.parametrize(
+    "argv", [["send", "me.example/post"], ["send", "--feed", "me.example/feed"], ["send", "//me.example/post"]]
+)
+def test_a_url_without_a_scheme_is_a_bad_argument(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv, environ={})
+    assert stopped.value.code == 2
+    assert "is not an absolute http(s) URL (say https://me.example/" in capsys.readouterr().err
+
+
+def test_a_page_without_a_feed_is_named_once(respx_mock: respx.MockRouter, capsys: pytest.CaptureFixture[str]) -> None:
+    respx_mock.get(SRC).mock(return_value=httpx.Response(200, html="<p>no feed here</p>"))
+    assert main(["send", "--feed", SRC], environ={}) == 1
+    err = capsys.readouterr().err
+    assert err.count(SRC) == 1, err
+    assert "names no feed" in err
+
+
+def test_network_failures_say_their_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the real network layer: nothing listens on the port."""
+    environ = {"PINGFORWARD_ALLOW_PRIVATE_NETWORKS": "true", "PINGFORWARD_ALLOWED_PORTS": "*"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        assert main(["send", "--json", f"http://127.0.0.1:{port}/post"], environ=environ) == 1
+    refused = json.loads(capsys.readouterr().out)
+    assert (refused["status"], refused["failure"]) == ("error", "refused")
+    assert refused["detail"] == f"connection to 127.0.0.1 port {port} refused"

@@ -229,6 +229,7 @@ def test_failures_make_the_exit_status(blog: Site, capsys: pytest.CaptureFixture
                 "feed": blog.url("/nothing-here"),
                 "status": "failed",
                 "detail": "the feed answered 404",
+                "failure": None,
             }
         ],
     )
