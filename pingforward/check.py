@@ -264,14 +264,14 @@ def explain(exc: OutboundError | httpx.InvalidURL | UnicodeError, url: str) -> s
 
 async def _follow(client: httpx.AsyncClient, method: str, url: str) -> httpx.Response:
     """`method` to `url`, redirects followed by the rule of net/redirect.py; the final answer, still to be read."""
-    for _ in range(MAX_REDIRECTS + 1):
+    hops = 0
+    while True:
         response = await client.send(client.build_request(method, url), stream=True)
         hop = next_url(method, response.status_code, url, response.headers.get("location"))
-        if hop is None:
+        if hop is None or hops == MAX_REDIRECTS:  # past the limit, the last redirect is the answer
             return response
         await response.aclose()
-        url = hop
-    return response  # the last redirect, as httpx answers past its limit
+        url, hops = hop, hops + 1
 
 
 async def fetch_page(client: httpx.AsyncClient, url: str) -> Page:

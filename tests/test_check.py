@@ -277,6 +277,42 @@ async def test_check_follows_redirects_and_resolves_against_the_final_url(local_
 
 
 @pytest.mark.anyio
+async def test_check_redirects_by_the_one_rule(local_settings: Settings) -> None:
+    # 303 and 308 followed with the same GET and HEAD; a redirect to what is no http(s) URL is the answer.
+    with serve_site() as site:
+        site.routes[("GET", "/a")] = (303, [("Location", "/b")], b"")
+        site.routes[("GET", "/b")] = (308, [("Location", site.url("/post"))], b"")
+        site.routes[("GET", "/post")] = (200, [("Content-Type", "text/html")], html_page(PF + "x", "wm"))
+        site.routes[("GET", "/ftp")] = (302, [("Location", "ftp://site.example/post")], b"")
+        site.routes[("GET", "/loop")] = (302, [("Location", "/loop")], b"")
+        async with make_client(local_settings) as client:
+            followed = await check(client, site.url("/a"))
+            ftp = await check(client, site.url("/ftp"))
+            loop = await check(client, site.url("/loop"))
+        assert [(request.method, request.path) for request in site.log[:6]] == [
+            ("HEAD", "/a"),
+            ("HEAD", "/b"),
+            ("HEAD", "/post"),
+            ("GET", "/a"),
+            ("GET", "/b"),
+            ("GET", "/post"),
+        ]
+        assert len(site.received("GET", "/loop")) == 21  # the first request and 20 redirects, as httpx allowed
+    assert followed.findings[0].text == f"fetched {site.url('/post')} (HTTP 200)"
+    assert ftp.findings[0].text == f"fetched {site.url('/ftp')}: HTTP 302, not a 2xx"
+    assert loop.findings[0].text == f"fetched {site.url('/loop')}: HTTP 302, not a 2xx"
+
+
+@pytest.mark.anyio
+async def test_check_a_host_that_is_not_idna(local_settings: Settings) -> None:
+    async with make_client(local_settings) as client:
+        for host in ("xn--zz.example", "xn--ls8h.la", "💩.la"):
+            analysis = await check(client, f"http://{host}/post")
+            assert not analysis.ok
+            assert analysis.findings[0].text.startswith(f"could not fetch http://{host}/post"), analysis.findings
+
+
+@pytest.mark.anyio
 async def test_check_unreachable(local_settings: Settings) -> None:
     port = free_port()
     async with make_client(local_settings) as client:
