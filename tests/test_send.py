@@ -27,6 +27,7 @@ from pingforward.send import (
     classify_webmention,
     fetch_source,
     notify,
+    origins,
     send,
 )
 from pingforward.webmention import Protocol
@@ -519,3 +520,41 @@ async def test_no_parsing_outlives_its_call() -> None:
         async with asyncio.timeout(0.05):
             await _in_thread(parse)
     assert started.is_set() and ended.is_set()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("max_requests", [3, 2])
+async def test_a_proxys_own_pingback_endpoint_is_its_webmention_in_the_budget(
+    respx_mock: respx.MockRouter, client: httpx.AsyncClient, max_requests: int
+) -> None:
+    own = origins("PF.example.", None)  # the Host field of a call to POST /send, spelled oddly
+    forward = "https://r.example/wm"
+    respx_mock.get(SRC).mock(return_value=page("https://t.example/", "https://pf.example:443/about"))
+    respx_mock.get("https://t.example/").mock(
+        return_value=httpx.Response(200, headers={"X-Pingback": f"https://pf.example/?forward={forward}"})
+    )
+    received = respx_mock.post(forward).mock(return_value=httpx.Response(202))
+    limits = Limits(own=own, max_requests=max_requests)
+    report = await send(client, SRC, limits=limits)  # respx fails the test on any request to pf.example
+    mention, about = report.results
+    assert (about.status, about.detail) == (Status.SKIPPED, "refused: pf.example port 443 is this proxy itself")
+    assert (mention.protocol, mention.endpoint) == (Protocol.PINGBACK, f"https://pf.example/?forward={forward}")
+    if max_requests == 3:  # the source, the target and the Webmention
+        assert mention.status == Status.SENT and received.call_count == 1
+        assert form(received.calls.last.request) == {"source": [SRC], "target": ["https://t.example/"]}
+    else:
+        assert mention.status == Status.ERROR and "spent" in mention.detail and received.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "server", "expected"),
+    [
+        pytest.param("pf.example", None, {("pf.example", 80), ("pf.example", 443)}, id="no-port"),
+        pytest.param("PF.Example.:8000", ("10.0.0.5", 8000), {("pf.example", 8000), ("10.0.0.5", 8000)}, id="port"),
+        pytest.param("127.1:8000", None, {("127.0.0.1", 8000)}, id="short-ipv4"),
+        pytest.param("[::ffff:127.0.0.1]:80", None, {("127.0.0.1", 80)}, id="mapped-ipv6"),
+        pytest.param("[", ("127.0.0.1", 80), {("127.0.0.1", 80)}, id="no-url"),
+    ],
+)
+def test_origins(host: str, server: tuple[str, int] | None, expected: set[tuple[str, int]]) -> None:
+    assert origins(host, server) == expected
