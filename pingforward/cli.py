@@ -208,6 +208,8 @@ def _load_state(path: Path | None) -> State | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if not path.parent.is_dir():  # found now, not when the first post's record cannot be written
+            raise StateError(f"there is no directory {path.parent}") from None
         return State()
     except (OSError, UnicodeDecodeError) as exc:
         raise StateError(str(exc)) from None
@@ -271,6 +273,11 @@ def _state_or_exit(args: argparse.Namespace) -> State | None | int:
         return 2
 
 
+def _unwritable(path: Path, exc: OSError) -> int:
+    print(f"pingforward send: cannot write the state file {path}: {exc.strerror or exc}", file=sys.stderr)
+    return 2
+
+
 async def _send(args: argparse.Namespace, settings: Settings) -> int:
     state = _state_or_exit(args)
     if isinstance(state, int):
@@ -304,7 +311,10 @@ async def _send(args: argparse.Namespace, settings: Settings) -> int:
             return 1
     progress.clear()
     if state is not None:
-        remember(url, kept)
+        try:
+            remember(url, kept)
+        except OSError as exc:
+            return _unwritable(args.state, exc)
     if args.json:
         for line in report_lines(report):
             print(json.dumps(line))
@@ -397,6 +407,9 @@ async def _send_feed(args: argparse.Namespace, settings: Settings) -> int:
                 on_report=on_report,
                 on_record=remember,
             )
+        except OSError as exc:  # from writing the state file: the next run would send again what this one did
+            progress.clear()
+            return _unwritable(args.state, exc)
         except SendError as exc:
             progress.clear()
             if args.json:

@@ -295,3 +295,13 @@ def test_a_run_killed_mid_way_resumes(blog: Blog, state: Path) -> None:
         blog.site.url("/posts/first"),
         blog.site.url("/posts/second"),
     ]
+
+
+def test_a_state_file_in_no_directory_stops_the_run_before_any_request(
+    blog: Blog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blog.post("one", "/t/wm-a")
+    state = tmp_path / "missing" / "state.json"
+    assert main(["send", "--state", str(state), "--feed", blog.site.url("/atom.xml")], environ=servers.LOCAL_ENV) == 2
+    assert f"there is no directory {state.parent}" in capsys.readouterr().err
+    assert blog.site.log == []
