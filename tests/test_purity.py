@@ -16,6 +16,8 @@ import pytest
         "pingforward.webmention",
         "pingforward.markup",
         "pingforward.errors",
+        "pingforward.sendstate",
+        "pingforward.net.redirect",
     ],
 )
 def test_pure_module_imports_no_io_library(module: str) -> None:
