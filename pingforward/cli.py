@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -225,6 +226,10 @@ def _save_state(path: Path, state: State) -> None:
     directory = path.parent
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        try:  # mkstemp makes the file private (0600); keep the mode the file had
+            os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
+        except FileNotFoundError:
+            os.chmod(temporary, 0o644)
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(sendstate.dumps(state))
             out.flush()

@@ -117,6 +117,8 @@ def test_first_run_unchanged_edit_and_deletion(blog: Blog, state: Path, capsys: 
     assert blog.pings() == [("/posts/one", "/t/pb")]
     saved = json.loads(state.read_text())
     assert (saved["format"], saved["version"]) == ("pingforward-send-state", 1)
+    assert state.stat().st_mode & 0o777 == 0o644
+    state.chmod(0o600)  # a mode the owner chose is kept across runs
     assert saved["posts"][blog.site.url("/posts/one")]["targets"][blog.site.url("/t/wm-a")]["status"] == "sent"
     assert lines[-1]["summary"]["sent"] == 4
 
@@ -124,6 +126,7 @@ def test_first_run_unchanged_edit_and_deletion(blog: Blog, state: Path, capsys: 
     before = len(blog.site.log)
     code, lines = run(capsys, blog, state)
     assert code == 0
+    assert state.stat().st_mode & 0o777 == 0o600
     assert [item.path for item in blog.site.log[before:] if item.method == "POST"] == []
     assert {item.path for item in blog.site.log[before:]} == {"/atom.xml", "/posts/one", "/posts/two"}
     assert lines == [{"summary": lines[-1]["summary"]}] and lines[0]["summary"]["targets"] == 0
