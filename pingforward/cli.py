@@ -37,7 +37,7 @@ from pingforward.send import (
     send_feed,
     send_post,
 )
-from pingforward.sendstate import Plan, PostRecord, State, StateError
+from pingforward.sendstate import Change, Plan, PostRecord, State, StateError
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -355,9 +355,9 @@ def _counts(results: Sequence[Result], waiting: int = 0) -> str:
 def _post_line(report: Report) -> str:
     """The last line for one post: its counts, or why there was nothing to send."""
     counts = _counts(report.results, len(report.waiting))
-    if report.reason == "unchanged" and not report.results:
+    if report.reason is Change.UNCHANGED and not report.results:
         return "nothing new: the post has not changed since the last run" + (f"; {counts}" if counts else "")
-    if report.reason == "deleted":
+    if report.reason is Change.DELETED:
         return f"the post is gone (410): {counts or 'no target to tell'}"
     return counts or "the post links to no other page"
 

@@ -32,7 +32,7 @@ from pingforward.markup import is_html, media_type
 from pingforward.net.policy import embedded_ipv4, host_literal
 from pingforward.net.redirect import REDIRECTS, next_url
 from pingforward.pingback import Fault, FaultCode, Ping, RemoteFault, is_http_url, parse_answer, render_call
-from pingforward.sendstate import Outcome, PostRecord, State
+from pingforward.sendstate import Change, Outcome, PostRecord, State
 from pingforward.sendstate import Status as Status
 from pingforward.webmention import Endpoint, Protocol, discover, extract_links
 
@@ -108,7 +108,7 @@ class Report:
     status: Status | None = None
     detail: str | None = None
     published: datetime | None = None  # as its feed said
-    reason: str | None = None  # with a state: new, edited, unchanged or deleted (sendstate.Plan)
+    reason: Change | None = None  # what became of the post since the last run (sendstate.plan)
     waiting: tuple[str, ...] = ()  # with a state: targets left for a later run by their Retry-After
 
     @property
@@ -684,7 +684,7 @@ def report_json(report: Report) -> dict[str, object]:
         "ok": report.ok,
         "status": report.status and report.status.value,
         "detail": report.detail,
-        "reason": report.reason,
+        "reason": report.reason and report.reason.value,
         "waiting": list(report.waiting),
         "results": [result_json(result) for result in report.results],
     }
@@ -695,7 +695,8 @@ def report_lines(report: Report) -> list[dict[str, object]]:
     about = {"source": report.source, "published": report.published.isoformat() if report.published else None}
     if report.status is not None:
         return [{**about, "target": None, "status": report.status.value, "detail": report.detail}]
-    return [{**about, "reason": report.reason, **result_json(result)} for result in report.results]
+    reason = report.reason and report.reason.value
+    return [{**about, "reason": reason, **result_json(result)} for result in report.results]
 
 
 def problem_json(kind: str, url: str, exc: SendError) -> dict[str, object]:
@@ -715,9 +716,9 @@ def feed_summary(report: FeedReport) -> dict[str, object]:
         "feed": report.url,
         "format": report.format.value,
         "listed": report.listed,
-        "entries": sum(entry.reason != "deleted" for entry in report.entries),
+        "entries": sum(entry.reason is not Change.DELETED for entry in report.entries),
         "unreadable_entries": sum(entry.status is not None for entry in report.entries),
-        "deleted": sum(entry.reason == "deleted" for entry in report.entries),
+        "deleted": sum(entry.reason is Change.DELETED for entry in report.entries),
         "targets": len(results),
         **buckets,
         "retry_later": buckets[Status.ERROR] + waiting,  # errors, and targets waiting for their Retry-After

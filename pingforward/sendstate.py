@@ -35,6 +35,15 @@ class Status(StrEnum):
     DISCOVERED = "discovered"  # dry run: an endpoint was found and nothing was sent
 
 
+class Change(StrEnum):
+    """What became of a post since the last run, which decides what is notified (see `plan`)."""
+
+    NEW = "new"
+    EDITED = "edited"
+    UNCHANGED = "unchanged"
+    DELETED = "deleted"
+
+
 WEBMENTION: Final = "webmention"
 PINGBACK: Final = "pingback"
 
@@ -91,7 +100,7 @@ class Plan:
 
     notify: tuple[str, ...]
     waiting: tuple[str, ...] = ()
-    reason: str = "new"  # new, edited, unchanged, deleted
+    reason: Change = Change.NEW
 
 
 def _due(record: TargetRecord, now: datetime) -> bool:
@@ -112,7 +121,7 @@ def plan(previous: PostRecord | None, links: Sequence[str], updated: str | None,
     Whatever is pending waits for the Retry-After its target gave.
     """
     if previous is None:
-        return Plan(tuple(dict.fromkeys(links)), reason="new")
+        return Plan(tuple(dict.fromkeys(links)), reason=Change.NEW)
     edited = frozenset(links) != previous.links or (
         updated is not None and previous.updated is not None and updated != previous.updated
     )
@@ -137,7 +146,7 @@ def plan(previous: PostRecord | None, links: Sequence[str], updated: str | None,
             consider(target, record, True)
         elif not record.linked and record.pending:  # a removal not yet told
             consider(target, record, False)
-    return Plan(tuple(notify), tuple(waiting), "edited" if edited else "unchanged")
+    return Plan(tuple(notify), tuple(waiting), Change.EDITED if edited else Change.UNCHANGED)
 
 
 def plan_deletion(previous: PostRecord, now: datetime) -> Plan:
@@ -154,7 +163,7 @@ def plan_deletion(previous: PostRecord, now: datetime) -> Plan:
             waiting.append(target)
         elif record.pending or (not previous.gone and record.status is Status.SENT):
             notify.append(target)
-    return Plan(tuple(notify), tuple(waiting), "deleted")
+    return Plan(tuple(notify), tuple(waiting), Change.DELETED)
 
 
 def _record(outcome: Outcome, now: datetime, linked: bool, before: TargetRecord | None) -> TargetRecord:
