@@ -469,12 +469,11 @@ def classify_pingback(status: int, body: bytes, retry_after: str | None = None) 
     return Classified(Status.SENT, " ".join(answer.split())[:MAX_DETAIL] or "accepted")
 
 
-async def _webmention(
-    client: httpx.AsyncClient, budget: Budget, endpoint: str, source: str, target: str, limits: Limits
-) -> Result:
-    # §3.1.3: a form-encoded POST with source and target, to the endpoint URL as discovered (its
-    # query stays in the URL, rocks test 21). The client does not follow redirects: they are
-    # followed here by the rule of net/redirect.py (the same POST), each hop counted.
+async def _post(
+    client: httpx.AsyncClient, budget: Budget, endpoint: str, content: bytes, headers: dict[str, str], limits: Limits
+) -> tuple[_Answer, str]:
+    """POST to an endpoint, following redirects by the rule of net/redirect.py (the same POST), each hop
+    counted; the final answer and where it came from. Raise `SendError` past `max_redirects`."""
     url = endpoint
     for _ in range(limits.max_redirects + 1):
         answer = await _exchange(
@@ -484,47 +483,48 @@ async def _webmention(
             url,
             limit=limits.max_answer,
             unusable=Status.SKIPPED,
-            content=urlencode({"source": source, "target": target}).encode(),
-            headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json, */*;q=0.5"},
+            content=content,
+            headers=headers,
         )
-        location = _field(answer.headers, "location")
-        hop = next_url("POST", answer.status, url, location)
-        if hop is not None:
-            url = hop
-            continue
-        location = urljoin(url, location.strip()) if location else None
-        retry_after = _retry_after(answer.headers)
-        classified = classify_webmention(answer.status, location, answer.body, retry_after)
-        if url != endpoint:
-            classified = Classified(classified.status, f"{classified.detail} (re-sent to {url})")
-        reported = location if answer.status == 201 else None
-        return Result(
-            target,
-            classified.status,
-            classified.detail,
-            Protocol.WEBMENTION,
-            endpoint,
-            answer.status,
-            reported,
-            retry_seconds(retry_after, datetime.now(UTC)),
-        )
-    detail = f"the endpoint redirected more than {limits.max_redirects} times"
-    return Result(target, Status.FAILED, detail, Protocol.WEBMENTION, endpoint, answer.status)
+        hop = next_url("POST", answer.status, url, _field(answer.headers, "location"))
+        if hop is None:
+            return answer, url
+        url = hop
+    raise SendError(Status.FAILED, f"the endpoint redirected more than {limits.max_redirects} times")
+
+
+async def _webmention(
+    client: httpx.AsyncClient, budget: Budget, endpoint: str, source: str, target: str, limits: Limits
+) -> Result:
+    # §3.1.3: a form-encoded POST with source and target, to the endpoint URL as discovered (its
+    # query stays in the URL, rocks test 21).
+    content = urlencode({"source": source, "target": target}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json, */*;q=0.5"}
+    answer, url = await _post(client, budget, endpoint, content, headers, limits)
+    location = _field(answer.headers, "location")
+    location = urljoin(url, location.strip()) if location else None
+    retry_after = _retry_after(answer.headers)
+    classified = classify_webmention(answer.status, location, answer.body, retry_after)
+    detail = classified.detail if url == endpoint else f"{classified.detail} (re-sent to {url})"
+    return Result(
+        target,
+        classified.status,
+        detail,
+        Protocol.WEBMENTION,
+        endpoint,
+        answer.status,
+        location if answer.status == 201 else None,
+        retry_seconds(retry_after, datetime.now(UTC)),
+    )
 
 
 async def _pingback(
     client: httpx.AsyncClient, budget: Budget, server: str, source: str, target: str, limits: Limits
 ) -> Result:
     # Pingback 1.0 §3: targetURI is "the target of the link, as given on the source page".
-    answer = await _exchange(
-        client,
-        budget,
-        "POST",
-        server,
-        limit=limits.max_answer,
-        unusable=Status.SKIPPED,
-        content=render_call(Ping(source, target)),
-        headers={"Content-Type": "text/xml", "Accept": "text/xml"},
+    content = render_call(Ping(source, target))
+    answer, url = await _post(
+        client, budget, server, content, {"Content-Type": "text/xml", "Accept": "text/xml"}, limits
     )
     retry_after = _retry_after(answer.headers)
     classified = classify_pingback(answer.status, answer.body, retry_after)
@@ -532,7 +532,7 @@ async def _pingback(
     return Result(
         target,
         classified.status,
-        classified.detail,
+        classified.detail if url == server else f"{classified.detail} (re-sent to {url})",
         Protocol.PINGBACK,
         server,
         answer.status,

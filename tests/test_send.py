@@ -558,3 +558,22 @@ async def test_a_proxys_own_pingback_endpoint_is_its_webmention_in_the_budget(
 )
 def test_origins(host: str, server: tuple[str, int] | None, expected: set[tuple[str, int]]) -> None:
     assert origins(host, server) == expected
+
+
+@pytest.mark.anyio
+async def test_a_pingback_server_redirect_is_followed_by_the_same_rule(
+    respx_mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    respx_mock.get(SRC).mock(return_value=page("https://b.example/"))
+    respx_mock.get("https://b.example/").mock(
+        return_value=httpx.Response(200, headers={"X-Pingback": "http://b.example/xmlrpc.php"})
+    )
+    moved = respx_mock.post("http://b.example/xmlrpc.php").mock(
+        return_value=httpx.Response(301, headers={"Location": "https://b.example/xmlrpc.php"})
+    )
+    ok = xmlrpc.client.dumps(("Pingback registered.",), methodresponse=True)
+    server = respx_mock.post("https://b.example/xmlrpc.php").mock(return_value=httpx.Response(200, text=ok))
+    (result,) = (await send(client, SRC)).results
+    assert (result.status, result.protocol, result.http_status) == (Status.SENT, Protocol.PINGBACK, 200)
+    assert result.detail == "Pingback registered. (re-sent to https://b.example/xmlrpc.php)"
+    assert moved.calls.last.request.content == server.calls.last.request.content  # the same call
