@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
 from pingforward import __version__, sendstate
 from pingforward.check import Verdict, check
@@ -23,7 +23,6 @@ from pingforward.errors import ConfigError
 from pingforward.feed import Feed, parse_date
 from pingforward.net.transport import make_client
 from pingforward.pingback import is_http_url
-from pingforward.pinglog import uvicorn_log_config
 from pingforward.send import (
     DEFAULT_LIMITS,
     Report,
@@ -47,8 +46,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     serve = commands.add_parser("serve", help="run the proxy under uvicorn")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1; 0.0.0.0 for all interfaces")
-    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
-    serve.add_argument("--workers", type=int, default=None, help="default: $WEB_CONCURRENCY or 1")
+    serve.add_argument("--port", type=_port, default=None, help=f"default: $PORT or {DEFAULT_PORT}")
+    serve.add_argument("--workers", type=_positive, default=None, help="default: $WEB_CONCURRENCY or 1")
     serve.add_argument(
         "--log-format", choices=[f.value for f in LogFormat], default=None, help=f"default: ${PREFIX}LOG_FORMAT or text"
     )
@@ -120,21 +119,51 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "send":
         return asyncio.run(_send(args, settings))
 
-    import uvicorn
+    try:
+        port = args.port or _port_from(os.environ if environ is None else environ)
+    except argparse.ArgumentTypeError as exc:
+        print(f"pingforward: PORT: {exc}", file=sys.stderr)
+        return 2
+    from pingforward import supervisor
 
-    uvicorn.run(
-        "pingforward.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        timeout_graceful_shutdown=20,
-        access_log=False,
-        proxy_headers=False,  # the app reads them itself (PINGFORWARD_PROXY_HOPS)
-        http="pingforward.server:HttpToolsProtocol",  # bounded request heads, as under the Procfile
-        log_config=uvicorn_log_config(settings.log_format) or uvicorn.config.LOGGING_CONFIG,
-    )
+    options = [*SERVER_OPTIONS, "--host", args.host, "--port", str(port)]
+    options += [] if args.workers is None else ["--workers", str(args.workers)]
+    options += ["--log-config", str(supervisor.JSON_LOG_CONFIG)] if settings.log_format is LogFormat.JSON else []
+    # The Procfile's command with another host and port: one server configuration however it is started.
+    supervisor.main(options)
     return 0
+
+
+# uvicorn's options in the Procfile and the Dockerfile, less --host and --port (tests/test_container.py).
+SERVER_OPTIONS: Final = (
+    "--factory",
+    "pingforward.app:create_app",
+    "--loop",
+    "uvloop",
+    "--http",
+    "pingforward.server:HttpToolsProtocol",
+    "--no-proxy-headers",
+    "--timeout-graceful-shutdown",
+    "20",
+    "--no-access-log",
+)
+DEFAULT_PORT: Final = 8000
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number from 1 to 65535: {text!r}")
+    return value
+
+
+def _port_from(environ: Mapping[str, str]) -> int:
+    """$PORT, which a PaaS sets and `make run` passes on, else the default."""
+    text = environ.get("PORT", "").strip()
+    return _port(text) if text else DEFAULT_PORT
 
 
 def _date(text: str) -> datetime:

@@ -211,6 +211,14 @@ def proxy(env: Mapping[str, str]) -> Iterator[str]:
         yield p.base
 
 
+@contextmanager
+def procfile_server(tmp: Path, env: Mapping[str, str]) -> Iterator[Process]:
+    """The Procfile's command on a free port of 127.0.0.1 (a real process tree with WEB_CONCURRENCY > 1)."""
+    port = free_port()
+    with _running(procfile_command(port), port, env, tmp / f"procfile-{port}.log") as process:
+        yield process
+
+
 # Canned pages, an app in a thread and the CLI server (issue 6: landing page, check, logs).
 
 
