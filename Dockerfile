@@ -14,5 +14,6 @@ USER 10001:10001
 ENV PORT=8080
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/healthz', timeout=4)"
-# exec: uvicorn, not the shell, receives SIGTERM and finishes the pings in flight.
-CMD exec python -m pingforward.supervisor --factory pingforward.app:create_app --host 0.0.0.0 --port $PORT --loop uvloop --http pingforward.server:HttpToolsProtocol --no-proxy-headers --timeout-graceful-shutdown 20 --no-access-log
+# exec: the server (uvicorn, under pingforward's supervisor), not the shell, receives SIGTERM: it stops listening
+# and finishes the pings in flight.
+CMD exec python -m pingforward.supervisor --factory pingforward.app:create_app --loop uvloop --http pingforward.server:HttpToolsProtocol --no-proxy-headers --timeout-graceful-shutdown 20 --no-access-log --host 0.0.0.0 --port $PORT

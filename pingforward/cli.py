@@ -104,11 +104,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         send.error("--since and --limit go with --feed")
     if args.command == "send" and not is_http_url(given := (args.source or args.feed).strip()):
         send.error(f"{given!r} is not an absolute http(s) URL (say https://{given.split('://')[-1].lstrip('/')})")
+    environ = os.environ if environ is None else environ
     if args.command == "serve" and args.log_format is not None:
         # The app factory reads its settings from the environment, in every worker process.
         os.environ[PREFIX + "LOG_FORMAT"] = args.log_format
+        environ = {**environ, PREFIX + "LOG_FORMAT": args.log_format}
     try:
-        settings = Settings.from_environ(os.environ if environ is None else environ)
+        settings = Settings.from_environ(environ)
     except ConfigError as exc:
         print(f"pingforward: {exc}", file=sys.stderr)
         return 2
@@ -120,7 +122,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return asyncio.run(_send(args, settings))
 
     try:
-        port = args.port or _port_from(os.environ if environ is None else environ)
+        port = args.port or _port_from(environ)
     except argparse.ArgumentTypeError as exc:
         print(f"pingforward: PORT: {exc}", file=sys.stderr)
         return 2

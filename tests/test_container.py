@@ -67,6 +67,14 @@ def test_image_runs_the_procfile_command_as_a_user() -> None:
     assert "PORT" in image.env
 
 
+def test_make_run_serves_the_procfile_command_on_port() -> None:
+    # `pingforward serve` runs the Procfile's command (tests/test_cli.py); `make run` runs it on $PORT.
+    environ = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL")} | {"PORT": "9000"}
+    done = subprocess.run(["make", "-n", "run"], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == ".venv/bin/pingforward serve --host 127.0.0.1 --port 9000"
+
+
 def test_dockerignore_sends_only_what_is_copied() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
@@ -168,6 +176,7 @@ def test_image_starts_serves_and_stops(image: tuple[Path, dict[str, str], Docker
         proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(timeout=30)
     assert returncode == 0, log.read_text()
+    assert "Closed the listening socket" in log.read_text()  # pingforward's supervisor, before the drain
     assert not _healthy(health, workdir, environ)
 
 
