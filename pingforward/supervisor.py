@@ -4,7 +4,8 @@ With several workers uvicorn's supervising process binds the listening socket an
 On SIGTERM its workers close their copies and drain, but its own copy kept the port open: the kernel went on
 completing handshakes for a backlog that no process would accept again, and those connections waited until the
 drain ended and were then reset. Here the supervisor closes its copy first, so that once the workers have closed
-theirs a new connection is refused at once. A worker that dies is logged at WARNING with the signal that ended it.
+theirs a new connection is refused at once. A worker that dies is logged at WARNING with the signal that ended it
+and the requests it was serving, which its answers to uvicorn's health checks now count.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import pickle
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,8 +36,9 @@ JSON_LOG_CONFIG: Final = Path(__file__).with_name("uvicorn-json-log.json")
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
-def death(pid: int | None, exitcode: int | None, *, hung: bool, healthcheck: float) -> str:
-    """What ended a worker process, from its exit code (minus the signal's number when a signal killed it)."""
+def death(pid: int | None, exitcode: int | None, *, hung: bool, healthcheck: float, in_flight: int | None) -> str:
+    """What ended a worker process, from its exit code (minus the signal's number when a signal killed it), and
+    how many requests it was serving at its last health check (None: it never answered one)."""
     if hung:
         how = f"did not answer the health check within {healthcheck:g} s and was killed"
     elif exitcode is not None and exitcode < 0:
@@ -46,7 +49,38 @@ def death(pid: int | None, exitcode: int | None, *, hung: bool, healthcheck: flo
         how = f"was killed by {name}"
     else:
         how = f"exited with code {exitcode}"
-    return f"Worker process [{pid}] {how}; requests in flight on it were cut off without an answer"
+    if in_flight is None:
+        return f"Worker process [{pid}] {how}"
+    # Its connections close with it: a request in flight ends without an answer, even if its ping went out.
+    if in_flight == 0:
+        return f"Worker process [{pid}] {how}; no requests were in flight at its last health check"
+    if in_flight == 1:
+        return f"Worker process [{pid}] {how}; 1 request in flight at its last health check ends without an answer"
+    return (
+        f"Worker process [{pid}] {how}; {in_flight} requests in flight at its last health check end without an answer"
+    )
+
+
+class Worker(Process):
+    """uvicorn's worker process, whose answer to a health check also says how many requests it is serving."""
+
+    in_flight: int | None = None  # in the supervisor: at the last health check
+
+    def pong(self) -> None:
+        # In the worker, on the thread that answers the supervisor's health checks: the request tasks are the
+        # ones that uvicorn's protocols start and drop (reading the size of a set needs no lock).
+        self.child_conn.recv()
+        self.child_conn.send((self.server.started, len(self.server.server_state.tasks)))
+
+    def _healthcheck(self, timeout: float) -> bool | None:
+        try:
+            self.parent_conn.send(b"ping")
+            if self.parent_conn.poll(timeout):
+                started, self.in_flight = self.parent_conn.recv()
+                return bool(started)
+            return None
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return None
 
 
 class Supervisor(Multiprocess):
@@ -62,6 +96,40 @@ class Supervisor(Multiprocess):
         # there, not here: a worker being started may be receiving its copy of them at this moment.
         self.signal_queue.append(sig)
         self.should_exit.set()
+
+    def init_processes(self) -> None:
+        for _ in range(self.processes_num):
+            worker = Worker(self.config, self.sockets)
+            worker.start()
+            self.processes.append(worker)
+
+    def handle_ttin(self) -> None:
+        logger.info("Received SIGTTIN, increasing the number of processes.")
+        self.processes_num += 1
+        worker = Worker(self.config, self.sockets)
+        worker.start()
+        self.processes.append(worker)
+
+    def restart_all(self) -> None:
+        # uvicorn's own (each replacement ready before the worker it replaces is stopped), with `Worker`.
+        for index, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = Worker(self.config, self.sockets)
+            new.start()
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                if not self.should_exit.is_set():
+                    logger.error(
+                        "New worker process [%s] was not ready in time; keeping worker [%s] and aborting the restart.",
+                        new.pid,
+                        old.pid,
+                    )
+                return
+            old.terminate()
+            old.join()
+            self.processes[index] = new
 
     def run(self) -> None:
         logger.info("Started parent process [%d]", os.getpid())
@@ -101,8 +169,10 @@ class Supervisor(Multiprocess):
                 return
             if self.should_exit.is_set():
                 return
-            words = death(process.pid, process.exitcode, hung=hung, healthcheck=self.config.timeout_worker_healthcheck)
-            replacement = Process(self.config, self.sockets)
+            in_flight = process.in_flight if isinstance(process, Worker) else None
+            healthcheck = self.config.timeout_worker_healthcheck
+            words = death(process.pid, process.exitcode, hung=hung, healthcheck=healthcheck, in_flight=in_flight)
+            replacement = Worker(self.config, self.sockets)
             replacement.start()
             self.processes[index] = replacement
             logger.warning("%s. Started worker process [%s] in its place.", words, replacement.pid)
@@ -125,4 +195,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
 
 
 if __name__ == "__main__":
-    main()
+    # As pingforward.supervisor, not __main__: each worker process is started from a pickled `Worker`.
+    from pingforward.supervisor import main as supervise
+
+    supervise()
