@@ -68,14 +68,18 @@ def two_workers(server: Process) -> list[int] | None:
     return pids if len(pids) == 2 else None
 
 
-def test_sigterm_refuses_new_connections_at_once_and_answers_the_accepted_pings(tmp_path: Path) -> None:
+@pytest.mark.parametrize("to", ["supervisor", "every-process"])
+def test_sigterm_refuses_new_connections_at_once_and_answers_the_accepted_pings(tmp_path: Path, to: str) -> None:
+    # `docker stop` signals the container's first process; Heroku signals every process of the dyno.
     with receiver() as slow, procfile_server(tmp_path, TWO_WORKERS) as server:
-        eventually(lambda: two_workers(server), "two workers started")
+        workers = eventually(lambda: two_workers(server), "two workers started")
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
             # Held by the receiver until it is told to answer, after the checks below.
             in_flight = [pool.submit(post_ping, server.base, slow.url + "/hang", 15.0) for _ in range(IN_FLIGHT)]
             eventually(lambda: len(slow.received) == IN_FLIGHT or None, "every ping reached the receiver")
             server.proc.send_signal(signal.SIGTERM)
+            for pid in workers if to == "every-process" else []:
+                os.kill(pid, signal.SIGTERM)
             probes: list[tuple[str, object]] = []
             for _ in range(200):  # bounded in count, and in time by HANG each
                 probes.append(post_ping(server.base, slow.url + "/ok", HANG))
