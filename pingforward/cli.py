@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     return 0
 
 
-# uvicorn's options in the Procfile and the Dockerfile, less --host and --port (tests/test_container.py).
+# uvicorn's options in the Procfile and the Dockerfile, less --host and --port (tests/test_cli.py compares them).
 SERVER_OPTIONS: Final = (
     "--factory",
     "pingforward.app:create_app",

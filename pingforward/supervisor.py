@@ -137,8 +137,8 @@ class Supervisor(Multiprocess):
         while not self.should_exit.wait(0.5):
             self.handle_signals()
             self.keep_subprocess_alive()
-        self.stop_listening()
         self.handle_signals()  # the stop signal, logged
+        self.stop_listening()
         self.terminate_all()
         self.join_all()
         logger.info("Stopping parent process [%d]", os.getpid())
