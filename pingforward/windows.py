@@ -1,9 +1,11 @@
 """Windows of time that bound what the proxy does for strangers: repeats, floods, and verification fetches.
 
-The counting is the `limits` library's (https://limits.readthedocs.io): a fixed window that opens at a
-triple's first ping for repeats, sliding window counters for floods and fetches. The counters live in
-this worker's memory, bounded, or in Redis when `PINGFORWARD_STATE_URL` names one, so that several
-workers and dynos share them.
+The counting is the `limits` library's (https://limits.readthedocs.io), in fixed windows that open at
+the first count (limits sets a counter's expiry when it is created, so windows are not aligned to the
+clock): one counter per window and subject, and an exact count. A burst at one window's end and the
+next one's start can reach twice a window's count; the longer window (an hour) caps that. The counters
+live in this worker's memory, bounded, or in Redis when `PINGFORWARD_STATE_URL` names one, so that
+several workers and dynos share them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import urlsplit
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from limits.util import WindowStats, parse_many
 
@@ -85,12 +87,6 @@ class BoundedMemory(MemoryStorage):
             del self.order[oldest]
         return count
 
-    async def decr(self, key: str, amount: int = 1) -> int:
-        count = max(await self.get(key) - amount, 0)
-        if key in self.storage:
-            self.storage[key] = count
-        return count
-
     async def clear(self, key: str) -> None:
         await super().clear(key)
         self.order.pop(key, None)
@@ -109,11 +105,10 @@ class BoundedMemory(MemoryStorage):
 class _Store:
     storage: Storage
     fixed: FixedWindowRateLimiter
-    sliding: SlidingWindowCounterRateLimiter
 
     @classmethod
     def over(cls, storage: Storage) -> _Store:
-        return cls(storage, FixedWindowRateLimiter(storage), SlidingWindowCounterRateLimiter(storage))
+        return cls(storage, FixedWindowRateLimiter(storage))
 
 
 def rates(text: str) -> tuple[RateLimitItem, ...]:
@@ -140,11 +135,11 @@ def _triple(source: str, target: str, forward_url: str) -> str:
 
 
 def _hit(item: RateLimitItem, key: tuple[str, ...]) -> Callable[[_Store], Awaitable[bool]]:
-    return lambda store: store.sliding.hit(item, *key)
+    return lambda store: store.fixed.hit(item, *key)
 
 
 def _stats(item: RateLimitItem, key: tuple[str, ...]) -> Callable[[_Store], Awaitable[WindowStats]]:
-    return lambda store: store.sliding.get_window_stats(item, *key)
+    return lambda store: store.fixed.get_window_stats(item, *key)
 
 
 class Windows:
