@@ -8,11 +8,15 @@ import random
 import socket
 import time
 import tracemalloc
+import xmlrpc.client
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from urllib.parse import quote
 
+import httpx
 import pytest
 import redis
+import respx
 
 from pingforward.config import Settings
 from pingforward.pingback import FaultCode
@@ -319,3 +323,44 @@ async def test_windows_move_back_to_redis_when_it_returns(
             await windows.fetch_allowed("c.example")
     assert "unreachable" in caplog.text and "reachable again" in caplog.text
     await windows.close()
+
+
+# Through the app (ASGI; the receiver is respx)
+
+ENDPOINT = "https://site.example/webmention"
+
+
+def _ping_body(target: str = TARGET) -> bytes:
+    return xmlrpc.client.dumps((SOURCE, target), "pingback.ping").encode()
+
+
+def _answer(response: httpx.Response) -> str | tuple[int, str]:
+    try:
+        (value,), _ = xmlrpc.client.loads(response.content)
+    except xmlrpc.client.Fault as fault:
+        return fault.faultCode, fault.faultString
+    return str(value)
+
+
+async def test_a_forward_that_failed_inside_leaves_no_claim(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter
+) -> None:
+    route = respx_mock.post(ENDPOINT).mock(side_effect=[RuntimeError("a bug"), httpx.Response(202)])
+    url = "/?forward=" + quote(ENDPOINT, safe="")
+    first = _answer(await client.post(url, content=_ping_body()))
+    assert isinstance(first, tuple) and first[0] == FaultCode.INTERNAL_ERROR
+    assert (
+        _answer(await client.post(url, content=_ping_body())) == f"Pingback from {SOURCE} to {TARGET} was successful!"
+    )
+    assert route.call_count == 2
+
+
+async def test_the_client_counted_is_the_one_the_app_sees(
+    client: httpx.AsyncClient, respx_mock: respx.MockRouter
+) -> None:
+    respx_mock.post(ENDPOINT).respond(202)
+    url = "/?forward=" + quote(ENDPOINT, safe="")
+    answers = [_answer(await client.post(url, content=_ping_body(f"{TARGET}/{n}"))) for n in range(61)]
+    refused = answers[-1]
+    assert isinstance(refused, tuple) and refused[0] == FaultCode.TOO_MANY
+    assert "from 203.0.113.7" in refused[1]  # the conftest client's address
