@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import math
 import time
@@ -134,6 +135,16 @@ def _triple(source: str, target: str, forward_url: str) -> str:
     return hashlib.sha256("\n".join((source, target, forward_url)).encode()).hexdigest()[:32]
 
 
+def _subscriber(client: str) -> str:
+    """An IPv6 client by its /64, the least one end site is assigned (RFC 6177): one share, not 2**64."""
+    if ":" not in client:
+        return client
+    try:
+        return str(ipaddress.IPv6Network(f"{client}/64", strict=False))
+    except ValueError:
+        return client
+
+
 def _hit(item: RateLimitItem, key: tuple[str, ...]) -> Callable[[_Store], Awaitable[bool]]:
     return lambda store: store.fixed.hit(item, *key)
 
@@ -217,7 +228,7 @@ class Windows:
     async def flood(self, client: str, source_host: str) -> Outcome | None:
         """None when the client and the source's host are within their windows, else fault 429 saying when to retry."""
         for setting, items, subject in (
-            (FLOOD_CLIENT_SETTING, self.flood_client, client),
+            (FLOOD_CLIENT_SETTING, self.flood_client, _subscriber(client)),
             (FLOOD_SOURCE_SETTING, self.flood_source, source_host.lower()),
         ):
             full = await self._exceeded(items, setting, subject) if subject else None

@@ -118,6 +118,14 @@ async def test_a_client_past_its_share_gets_fault_429_saying_when_to_retry(windo
     assert await windows.flood("192.0.2.2", "spam0.example") is None  # another client has its own share
 
 
+async def test_an_ipv6_client_is_counted_by_its_64(windows: Windows) -> None:
+    answers = [await windows.flood(f"2001:db8:1:2::{n:x}", f"s{n}.example") for n in range(61)]
+    assert answers[:60] == [None] * 60
+    refused = answers[60]
+    assert refused is not None and "from 2001:db8:1:2::/64" in refused.text
+    assert await windows.flood("2001:db8:1:3::1", "s.example") is None
+
+
 async def test_a_source_host_past_its_share_gets_fault_429(windows: Windows) -> None:
     answers = [await windows.flood(f"192.0.2.{n % 200}", "Spam.Example") for n in range(100)]
     assert answers.count(None) == 60
