@@ -131,3 +131,14 @@ def test_two_proxies_sharing_redis_forward_a_repeat_once(site: Site, wm: Receive
     # The first ping and its three repeats counted in the same minute.
     assert spread.count("Webmention accepted") == 60 - 4
     assert len(wm.received) == 1 + 56
+
+
+def test_a_proxy_whose_redis_is_down_counts_in_its_own_memory(site: Site, wm: Receiver) -> None:
+    env = {**LOCAL_ENV, "PINGFORWARD_STATE_URL": f"redis://:secret@127.0.0.1:{free_port()}/0"}  # nothing listens
+    with proxy_process(env) as proxy:
+        answers = [ping(proxy.base, wm.url + "/ok", site.url("/post"), site.url(f"/notes/{n % 3}")) for n in range(6)]
+        log = proxy.output()
+    assert answers[:3] == ["Webmention accepted"] * 3
+    assert all(isinstance(a, tuple) and a[0] == FaultCode.ALREADY_REGISTERED for a in answers[3:]), answers
+    assert len(wm.received) == 3
+    assert log.count("unreachable") == 1 and "secret" not in log
