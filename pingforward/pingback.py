@@ -56,8 +56,8 @@ class FaultCode(IntEnum):
     ALREADY_REGISTERED = 0x30, "The pingback has already been registered."
     ACCESS_DENIED = 0x31, "Access denied."
     UPSTREAM_ERROR = 0x32, "Could not communicate with the upstream server."
-    # Not in the spec: WordPress answers a client that pings too fast with 429, as its comment flood
-    # check does (`wp_check_comment_flood`, https://developer.wordpress.org/reference/functions/wp_check_comment_flood/).
+    # Not in the spec: WordPress answers a client that pings too fast with 429, the status of its comment
+    # flood error (`wp_allow_comment`, https://developer.wordpress.org/reference/functions/wp_allow_comment/).
     TOO_MANY = 429, "You are posting comments too quickly. Slow down."
 
     # Fault Code Interoperability (version 20010516); the values match xmlrpc.client's constants.
