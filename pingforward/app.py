@@ -21,6 +21,7 @@ from pingforward.errors import ConfigError
 from pingforward.forwarded import ForwardedMiddleware
 from pingforward.net.transport import make_client, make_transport
 from pingforward.pinglog import configure_logging
+from pingforward.windows import Windows
 
 # The landing page loads nothing and runs only its own inline script (allowed by hash, in `page`);
 # it may only submit its form to itself.
@@ -52,7 +53,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         gc.freeze()
         try:
             async with transport, make_client(settings) as client:  # the client's own pool, for POST /send
-                yield {"client": client, "transport": transport}
+                windows = Windows(settings)
+                try:
+                    yield {"client": client, "transport": transport, "windows": windows}
+                finally:
+                    await windows.close()
         finally:
             gc.unfreeze()  # the process may go on (tests, an embedding server) and expect a normal gc
             endpoint.ping_log.summarize()

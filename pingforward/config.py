@@ -17,6 +17,12 @@ DEFAULT_MAX_BODY: Final = 65536
 DEFAULT_MAX_PER_HOST: Final = 1000
 MAX_PER_HOST_LIMIT: Final = 2000
 MIN_SEND_TOKEN: Final = 16
+# The windows of the junk checks (README, "Spam"): limits' notation, "off" for none.
+DEFAULT_REPEAT_WINDOW: Final = 600  # seconds
+DEFAULT_FLOOD_CLIENT: Final = "60/minute;600/hour"
+DEFAULT_FLOOD_SOURCE: Final = "60/minute;600/hour"
+DEFAULT_FETCH_BOUND: Final = "60/minute;600/hour"
+STATE_SCHEMES: Final = ("redis", "rediss", "unix")
 T = TypeVar("T")
 
 
@@ -43,6 +49,30 @@ def _ports(raw: str) -> frozenset[int] | None:
     return ports
 
 
+def _windows(raw: str) -> str:
+    if raw.lower() in ("off", "0", "none"):
+        return "off"
+    from limits.util import parse_many  # only when set: the app imports limits anyway, check and send need not
+
+    items = parse_many(raw)  # ValueError for what is not limits' notation
+    if not items or any(item.amount < 1 for item in items):
+        raise ValueError(raw)
+    return raw
+
+
+def _repeat_window(raw: str) -> int:
+    return 0 if raw.lower() == "off" else int(raw)
+
+
+def _state_url(raw: str) -> str | None:
+    if not raw:
+        return None
+    scheme, separator, rest = raw.partition("://")
+    if scheme.lower() not in STATE_SCHEMES or not separator or not rest:
+        raise ValueError(raw)
+    return raw
+
+
 def _hosts(raw: str) -> frozenset[str]:
     hosts = frozenset(item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip())
     for host in hosts:
@@ -66,6 +96,13 @@ class Settings:
     # The master switch of the junk checks (source verification, copies, repeats, floods): off forwards
     # every well-formed ping, for an operator who forwards only for trusted senders.
     spam_checks: bool = True
+    # The same (source, target, forward URL) is forwarded once in this many seconds (0: every time).
+    repeat_window: int = DEFAULT_REPEAT_WINDOW
+    flood_client: str = DEFAULT_FLOOD_CLIENT  # pings per client address
+    flood_source: str = DEFAULT_FLOOD_SOURCE  # pings per source host
+    fetch_bound: str = DEFAULT_FETCH_BOUND  # verification GETs per destination host
+    # Redis for the windows, shared by every worker that names it; None: each worker's own memory.
+    state_url: str | None = field(default=None, repr=False)  # may carry a password
     send_token: str | None = field(default=None, repr=False)  # POST /send is off without it
 
     @property
@@ -122,8 +159,31 @@ class Settings:
                 "log_format", lambda v: LogFormat(v.lower()), LogFormat.TEXT, anything, "must be text or json"
             ),
             spam_checks=read("spam_checks", _bool, True, anything, "must be on or off"),
+            repeat_window=read(
+                "repeat_window",
+                _repeat_window,
+                DEFAULT_REPEAT_WINDOW,
+                lambda v: 0 <= v <= 86400,
+                "must be seconds from 0 to 86400, or off",
+            ),
+            flood_client=read("flood_client", _windows, DEFAULT_FLOOD_CLIENT, anything, WINDOWS_RULE),
+            flood_source=read("flood_source", _windows, DEFAULT_FLOOD_SOURCE, anything, WINDOWS_RULE),
+            fetch_bound=read("fetch_bound", _windows, DEFAULT_FETCH_BOUND, anything, WINDOWS_RULE),
+            state_url=_state(environ),
             send_token=_send_token(environ),
         )
+
+
+WINDOWS_RULE: Final = "must be counts per window such as '60/minute;600/hour', or off"
+
+
+def _state(environ: Mapping[str, str]) -> str | None:
+    # Checked apart from read(): the URL may carry a password, not to be echoed into an error message.
+    key = PREFIX + "STATE_URL"
+    try:
+        return _state_url(environ.get(key, "").strip())
+    except ValueError:
+        raise ConfigError(f"{key}: must be a redis://, rediss:// or unix:// URL (value not shown)") from None
 
 
 def _send_token(environ: Mapping[str, str]) -> str | None:

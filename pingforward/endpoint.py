@@ -34,6 +34,7 @@ from pingforward.pingback import (
 )
 from pingforward.pinglog import PingLine, PingLog
 from pingforward.watchdog import deadline
+from pingforward.windows import Windows
 
 logger = logging.getLogger("pingforward.app")
 
@@ -46,6 +47,7 @@ MAX_BODY_SECONDS = 5.0
 class State(TypedDict):
     client: httpx.AsyncClient  # for POST /send
     transport: httpx.AsyncBaseTransport  # the client's own, for forwarding pings
+    windows: Windows  # repeats, floods and verification fetches
 
 
 # An answer of the pingback endpoint: HTTP status, header fields (besides Content-Length), body.
@@ -228,8 +230,22 @@ class PingbackEndpoint:
             return Outcome(fault.message, fault.code)
         if where.refused is not None:
             return where.refused
-        # The transport shares its connections fairly between destinations (pool.Slots).
-        return await forward(state["transport"], ping, where.url, client_ip=client_ip, timeout=self.settings.timeout)
+        # Before anything is fetched or sent: a flood and a repeat cost no request.
+        windows = state["windows"]
+        triple = (ping.source, ping.target, where.url)
+        refused = await windows.flood(client_ip, _host(ping.source)) or await windows.claim(*triple)
+        if refused is not None:
+            return refused
+        delivered = False
+        try:
+            # The transport shares its connections fairly between destinations (pool.Slots).
+            outcome = await forward(
+                state["transport"], ping, where.url, client_ip=client_ip, timeout=self.settings.timeout
+            )
+            delivered = outcome.fault is None
+            return outcome
+        finally:  # whatever happened, so that a ping not delivered may be sent again
+            await windows.settle(*triple, delivered)
 
 
 class _TooLarge(Exception):
@@ -271,6 +287,13 @@ def _text(value: bytes | None) -> str | None:
 def _param(call: Call, index: int) -> str:
     value = call.params[index] if index < len(call.params) else None
     return value.strip() if isinstance(value, str) else "-"
+
+
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:  # an unclosed IPv6 bracket
+        return ""
 
 
 def _server(scope: Scope) -> str:

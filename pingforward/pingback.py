@@ -56,6 +56,9 @@ class FaultCode(IntEnum):
     ALREADY_REGISTERED = 0x30, "The pingback has already been registered."
     ACCESS_DENIED = 0x31, "Access denied."
     UPSTREAM_ERROR = 0x32, "Could not communicate with the upstream server."
+    # Not in the spec: WordPress answers a client that pings too fast with 429, the status of its comment
+    # flood error (`wp_allow_comment`, https://developer.wordpress.org/reference/functions/wp_allow_comment/).
+    TOO_MANY = 429, "You are posting comments too quickly. Slow down."
 
     # Fault Code Interoperability (version 20010516); the values match xmlrpc.client's constants.
     PARSE_ERROR = xmlrpc.client.PARSE_ERROR, "parse error. not well formed"

@@ -375,3 +375,67 @@ def _running(command: list[str], port: int, env: Mapping[str, str], log: Path) -
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+# A real redis-server for the shared windows (issue 17).
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    dir: Path = field(default_factory=Path)
+
+    def start(self) -> None:
+        """Start (or start again, on the same port and with an empty state) and wait until it answers."""
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                *("--port", str(self.port), "--bind", LOCALHOST, "--dir", str(self.dir)),
+                *("--save", "", "--appendonly", "no", "--protected-mode", "yes"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):  # bounded: about 10 s
+            try:
+                with socket.create_connection((LOCALHOST, self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            time.sleep(0.1)
+        raise RuntimeError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def redis_available() -> str | None:
+    """Why the Redis tests cannot run here, or None. CI sets REQUIRE_REDIS=1 so that they fail instead of skipping."""
+    import shutil
+
+    if shutil.which("redis-server"):
+        return None
+    if os.environ.get("REQUIRE_REDIS") == "1":
+        raise RuntimeError("REQUIRE_REDIS=1 but redis-server is not on PATH")
+    return "redis-server is not installed (Debian: apt-get install redis-server)"
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of its own on 127.0.0.1 at a free port, in a temporary directory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        server = RedisServer(f"redis://{LOCALHOST}:{port}/0", port, dir=Path(tmp))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -85,3 +85,50 @@ def test_log_format_default() -> None:
 def test_log_format_refused(raw: str) -> None:
     with pytest.raises(ConfigError, match=r"^PINGFORWARD_LOG_FORMAT: must be text or json, got "):
         Settings.from_environ({"PINGFORWARD_LOG_FORMAT": raw})
+
+
+def test_windows() -> None:
+    settings = Settings.from_environ(
+        {
+            "PINGFORWARD_REPEAT_WINDOW": "120",
+            "PINGFORWARD_FLOOD_CLIENT": "10 per second; 100/hour",
+            "PINGFORWARD_FLOOD_SOURCE": "OFF",
+            "PINGFORWARD_FETCH_BOUND": "5/minute",
+            "PINGFORWARD_STATE_URL": "rediss://:secret@redis.example:6380/1",
+        }
+    )
+    assert (settings.repeat_window, settings.flood_client, settings.flood_source, settings.fetch_bound) == (
+        120,
+        "10 per second; 100/hour",
+        "off",
+        "5/minute",
+    )
+    assert settings.state_url == "rediss://:secret@redis.example:6380/1"
+    assert "secret" not in repr(settings)
+    assert Settings.from_environ({"PINGFORWARD_REPEAT_WINDOW": "off"}).repeat_window == 0
+    assert Settings().state_url is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PINGFORWARD_REPEAT_WINDOW", "ten minutes"),
+        ("PINGFORWARD_REPEAT_WINDOW", "-1"),
+        ("PINGFORWARD_REPEAT_WINDOW", "86401"),
+        ("PINGFORWARD_FLOOD_CLIENT", "60"),
+        ("PINGFORWARD_FLOOD_CLIENT", "0/minute"),
+        ("PINGFORWARD_FLOOD_SOURCE", "60/fortnight"),
+        ("PINGFORWARD_FETCH_BOUND", "lots"),
+        ("PINGFORWARD_STATE_URL", "memcached://cache:11211"),
+        ("PINGFORWARD_STATE_URL", "redis.example:6379"),
+    ],
+)
+def test_bad_windows_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        Settings.from_environ({name: value})
+
+
+def test_a_bad_state_url_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_environ({"PINGFORWARD_STATE_URL": "http://:hunter2@redis.example"})
+    assert "hunter2" not in str(raised.value)
