@@ -21,6 +21,8 @@ import asyncio
 import collections
 import json
 import logging
+import socket
+import struct
 from typing import Any, ClassVar, Final
 
 import httptools
@@ -74,6 +76,7 @@ class HttpToolsProtocol(_HttpToolsProtocol):
     sweep_seconds: ClassVar[float] = SWEEP_SECONDS
     unread_seconds: ClassVar[float] = UNREAD_SECONDS
     linger_seconds: ClassVar[float] = LINGER_SECONDS
+    log_seconds: ClassVar[float] = LOG_SECONDS
 
     _sweepers: ClassVar[dict[asyncio.AbstractEventLoop, asyncio.TimerHandle]] = {}
 
@@ -248,11 +251,19 @@ class HttpToolsProtocol(_HttpToolsProtocol):
     def _drop(self, data: bytes) -> None:
         self._lingered += len(data)
         if self._lingered > MAX_LINGER:
-            self.transport.abort()
+            self._reset()
+
+    def _reset(self) -> None:
+        """End the connection at once, answers unsent included. A plain close would leave the kernel holding
+        them for a client that does not read, retrying for minutes; a zero linger time resets instead."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _count(self, reason: str, detail: str) -> None:
         refusals[reason] += 1
-        _log.refused(self.loop.time(), reason, self._client(), detail)
+        _log.refused(self.loop.time(), self.log_seconds, reason, self._client(), detail)
 
     def _client(self) -> str:
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
@@ -267,7 +278,7 @@ class HttpToolsProtocol(_HttpToolsProtocol):
             return
         if self._linger_until is not None:
             if now >= self._linger_until:
-                self.transport.abort()
+                self._reset()
         elif self._head_since is not None and now - self._head_since > self.head_seconds:
             if self._head_size or self._begun:
                 self._refuse(REQUEST_TIMEOUT, "408", f"head not complete after {self.head_seconds:g} s")
@@ -276,44 +287,47 @@ class HttpToolsProtocol(_HttpToolsProtocol):
                 self.transport.close()
         elif self._unread_since is not None and now - self._unread_since > self.unread_seconds:
             self._count("unread-output", f"answers unread for {self.unread_seconds:g} s")
-            self.transport.abort()  # its buffered answers would never be read: drop them with it
+            self._reset()  # its buffered answers would never be read: drop them with it
 
     @classmethod
     def _sweep(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
         """Apply every connection's deadlines; one timer per loop, rescheduled whatever happens here."""
         try:
             now = loop.time()
-            _log.flush(now)
+            _log.flush(now, cls.log_seconds)
             for protocol in list(connections):
                 if isinstance(protocol, HttpToolsProtocol):
                     protocol._expire(now)
         finally:
-            if connections:
+            if connections or _log.open():  # a window still open gets its sum written
                 cls._sweepers[loop] = loop.call_later(cls.sweep_seconds, cls._sweep, loop, connections)
             else:
                 del cls._sweepers[loop]
 
 
 class _RefusalLog:
-    """The first refusal of each reason is logged at once; the rest within `LOG_SECONDS` become one line."""
+    """The first refusal of each reason is logged at once; the rest within a window become one line."""
 
     def __init__(self) -> None:
         self._windows: dict[str, tuple[float, int]] = {}  # reason -> (window start, refusals since the first)
 
-    def refused(self, now: float, reason: str, client: str, detail: str) -> None:
+    def refused(self, now: float, seconds: float, reason: str, client: str, detail: str) -> None:
         window = self._windows.get(reason)
-        if window is not None and now - window[0] < LOG_SECONDS:
+        if window is not None and now - window[0] < seconds:
             self._windows[reason] = (window[0], window[1] + 1)
             return
         self._summarize(reason, now)
         self._windows[reason] = (now, 0)
         logger.warning("refused reason=%s client=%s detail=%s", reason, client, json.dumps(detail))
 
-    def flush(self, now: float) -> None:
+    def flush(self, now: float, seconds: float) -> None:
         """Write the sums of the windows that have ended."""
         for reason, (start, _) in list(self._windows.items()):
-            if now - start >= LOG_SECONDS:
+            if now - start >= seconds:
                 self._summarize(reason, now)
+
+    def open(self) -> bool:
+        return bool(self._windows)
 
     def _summarize(self, reason: str, now: float) -> None:
         start, more = self._windows.pop(reason, (now, 0))
