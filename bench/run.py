@@ -259,7 +259,7 @@ def median(rounds: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rounds)
 
 
-SCENARIOS = ("load", "burst", "cold", "https", "edges")
+SCENARIOS = ("load", "burst", "cold", "https", "edges", "inbound")
 
 
 def run(bench: Bench) -> dict[str, object]:
@@ -287,6 +287,11 @@ def run(bench: Bench) -> dict[str, object]:
             results["https"] = https(bench, path)
     if "edges" in args.only:
         results["edges"] = edges(bench)
+    if "inbound" in args.only:
+        import inbound  # bench/inbound.py
+
+        progress("inbound: heads of 13,000 fields, clients that never read; about 30 s")
+        results["inbound"] = inbound.measure(bench)
     return results
 
 
@@ -624,6 +629,11 @@ def report(bench: Bench, results: dict[str, object]) -> str:
     edge = results.get("edges")
     if isinstance(edge, dict) and edge:
         rows += edge_rows(edge)
+    inbound_result = results.get("inbound")
+    if isinstance(inbound_result, dict):
+        from inbound import inbound_rows
+
+        rows += inbound_rows(inbound_result)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     header = f"app {bench.args.app}: medians of {bench.args.rounds} rounds of {bench.args.seconds} s"
     header += " (a ratio is the median of the rounds' ratios)"

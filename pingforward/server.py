@@ -88,6 +88,7 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         self._head_since: float | None = None  # when the head began; None while none is under way
         self._completed = False  # a request ended in the chunk being parsed
         self._begun = False  # a request has begun and not ended
+        self._counted = False  # every byte of the head under way is counted in _head_size
         self._stopped = False  # refused: nothing more is parsed on this connection
         self._deferred: bytes | None = None  # a refusal's answer, sent once the answers owed are out
         self._linger_until: float | None = None  # closing: read and drop until then
@@ -145,7 +146,9 @@ class HttpToolsProtocol(_HttpToolsProtocol):
             self._refuse(b"", "pipeline", f"over {MAX_PIPELINE} requests pipelined")
             raise _Stop
         super().on_message_begin()
-        self._in_head, self._begun = True, True
+        # A head that begins with a chunk has all its bytes counted in `_head_size`; one that begins inside
+        # the chunk that ended the last request has none of that chunk's counted.
+        self._in_head, self._begun, self._counted = True, True, self._head_size > 0
         if self._head_since is None:  # a pipelined head that began in the chunk that ended the last request
             self._head_since = self.loop.time()
 
@@ -162,8 +165,13 @@ class HttpToolsProtocol(_HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_since = False, None
-        # The whole head arrived in the chunk that ended it: its exact sizes decide. The request line
-        # is the method, the target and the version, each with its separator (RFC 9112 §3).
+        if not (self._counted and self._head_size <= MAX_LINE):  # else no part of the head can be over a bound
+            self._check_sizes()
+        super().on_headers_complete()
+
+    def _check_sizes(self) -> None:
+        """The whole head arrived in the chunk that ended it: its exact sizes decide. The request line is
+        the method, the target and the version, each with its separator (RFC 9112 §3)."""
         method, version = self.parser.get_method(), self.parser.get_http_version()
         line = len(method) + len(self.url) + len(version) + 9  # " ", " HTTP/" and CRLF
         if line > MAX_LINE:
@@ -177,7 +185,6 @@ class HttpToolsProtocol(_HttpToolsProtocol):
             if field > MAX_LINE or size > MAX_HEAD:
                 self._refuse(HEADERS_TOO_LARGE, "431-line" if field > MAX_LINE else "431-head", "header too large")
                 raise _Stop
-        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
