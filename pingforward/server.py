@@ -129,7 +129,7 @@ class HttpToolsProtocol(_HttpToolsProtocol):
             return
         if not self._in_head or self._stopped:
             return
-        if self._completed:
+        if self._completed and self._begun:
             # The next head began inside this chunk, after a request ended: its bytes here are not
             # counted, and whether its line ended is not known. Both bounds stay bounded by a chunk.
             self._line_ended = True

@@ -202,6 +202,14 @@ def test_the_request_line_is_bounded_as_a_whole_not_only_its_target(base: str, m
         assert status(answer_then_close(sock)) not in (414, 431, 400)
 
 
+def test_the_next_request_line_on_a_kept_alive_connection_is_bounded_too(base: str) -> None:
+    with connect(base) as sock:
+        sock.sendall(head())
+        assert read_response(sock).endswith(b"ok")
+        send_quietly(sock, b"GET /?" + b"a" * (MAX_LINE + 100))
+        assert status(answer_then_close(sock)) == 414
+
+
 def test_a_header_line_too_long_is_431(base: str) -> None:
     with connect(base) as sock:
         send_quietly(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * (MAX_LINE + 100) + b"\r\n\r\n")
