@@ -93,6 +93,8 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         self._deferred: bytes | None = None  # a refusal's answer, sent once the answers owed are out
         self._linger_until: float | None = None  # closing: read and drop until then
         self._lingered = 0
+        self._drain_until: float | None = None  # answered before its body ended: the body is dropped till then
+        self._drained = 0
         self._unread_since: float | None = None  # when the transport's write buffer went over its high mark
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -109,6 +111,12 @@ class HttpToolsProtocol(_HttpToolsProtocol):
             self._drop(data)
             return
         self._unset_keepalive_if_required()
+        if self._drain_until is not None:
+            self._drained += len(data)
+            if self._drained > MAX_LINGER:
+                self._count("unread-body", f"over {MAX_LINGER} bytes of a body no route reads")
+                self._close(b"")
+                return
         if self._in_head:
             if self._head_since is None:  # the first byte of the next request on a kept-alive connection
                 self._head_since = self.loop.time()
@@ -189,7 +197,7 @@ class HttpToolsProtocol(_HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head, self._head_size, self._line_ended, self._completed = True, 0, False, True
-        self._begun = False
+        self._begun, self._drain_until = False, None
 
     # The answers: flow control, and what happens once every answer owed is out.
 
@@ -205,10 +213,10 @@ class HttpToolsProtocol(_HttpToolsProtocol):
             answer, self._deferred = self._deferred, None
             self._close(answer)
         elif not self._in_head and not self._stopped:
-            # Answered before its body ended: no route reads it, and the body would hold the
-            # connection for as long as the client drips it. Close, reading what comes for a while.
-            self._count("unread-body", "the answer went out before the request's body ended")
-            self._close(b"")
+            # Answered before its body ended (no route reads it, or it had not arrived yet): read on and
+            # drop it, keeping the connection (https://www.rfc-editor.org/rfc/rfc9110#section-10.1.1),
+            # within a bound of time and bytes, or it would hold the connection while the client drips it.
+            self._drain_until, self._drained = self.loop.time() + self.head_seconds, 0
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -286,6 +294,9 @@ class HttpToolsProtocol(_HttpToolsProtocol):
         if self._linger_until is not None:
             if now >= self._linger_until:
                 self._reset()
+        elif self._drain_until is not None and now > self._drain_until:
+            self._count("unread-body", f"a body no route reads not ended {self.head_seconds:g} s after the answer")
+            self._close(b"")
         elif self._head_since is not None and now - self._head_since > self.head_seconds:
             if self._head_size or self._begun:
                 self._refuse(REQUEST_TIMEOUT, "408", f"head not complete after {self.head_seconds:g} s")
