@@ -628,6 +628,7 @@ class _Failing(Quick):
 
 
 def test_the_sweep_keeps_running_after_an_exception_in_itself(caplog: pytest.LogCaptureFixture) -> None:
+    _Failing.failures = 0
     with in_process(_Failing) as base, connect(base) as sock:
         send_quietly(sock, b"GET / HTTP/1.1\r\n")
         assert status(answer_then_close(sock)) == 408
