@@ -3,7 +3,7 @@ unread answers, pipelined depth; and every request refused here counted and logg
 
 httptools buffers a request line or header section until it ends, without a bound, and rebuilds a
 header value on every chunk; uvicorn has no setting for it with httptools
-(https://github.com/encode/uvicorn/issues/1234). The Procfile names this class with
+(https://github.com/Kludex/uvicorn/issues/1234). The Procfile names this class with
 `--http pingforward.server:HttpToolsProtocol`.
 
 RFC 9110 §15.5.15 (414) and RFC 6585 §5 (431): a request line or header section over the bound is

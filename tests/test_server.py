@@ -488,7 +488,7 @@ def test_clients_pipelining_without_reading_are_closed_and_their_memory_bounded(
             for sender in senders:
                 sender.start()
             assert wait_for(lambda: server_connections(port) == 0)
-            assert _rss_kib(pid) - before < 20 * 1024  # each of them held about 22 MB before the bounds
+            assert _rss_kib(pid) - before < 20 * 1024  # unbounded, each held its whole pipelined queue
             answered = statuses(answer_then_close(socks[0], 1.0))  # what reached it before the drop: answers only
             assert set(answered) <= {200} and len(answered) <= MAX_PIPELINE + 1
         finally:
