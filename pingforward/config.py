@@ -13,9 +13,10 @@ from pingforward.net.policy import DEFAULT_PORTS, Policy
 PREFIX: Final = "PINGFORWARD_"
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_MAX_BODY: Final = 65536
-# Requests in flight to one destination per worker; more wait for a turn. Half of transport.LIMITS.
+# Requests in flight to one destination per worker; more wait for a turn. At most a quarter of the bulk
+# (transport.LIMITS), so that no pair of destinations can take the outbound pool.
 DEFAULT_MAX_PER_HOST: Final = 1000
-MAX_PER_HOST_LIMIT: Final = 2000
+MAX_PER_HOST_LIMIT: Final = 1000
 MIN_SEND_TOKEN: Final = 16
 # The windows of the junk checks (README, "Spam"): limits' notation, "off" for none.
 DEFAULT_REPEAT_WINDOW: Final = 600  # seconds

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from itertools import zip_longest
 from typing import Final, NoReturn
 
 import httptools
@@ -28,7 +31,13 @@ DestinationOf = Callable[[str], str]
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 MAX_HEAD: Final = 64 * 1024  # status line and header fields of one answer
 HIGH_WATER: Final = 256 * 1024  # unread body bytes held before the socket stops being read
-RETRY_WINDOW: Final = 0.5  # seconds after a request's write within which a dropped reused connection is retried
+# A reused connection that closes unanswered within its handshake time plus RETRY_MARGIN of the write,
+# and at most RETRY_WINDOW, lost the keep-alive race: the request goes out again (Pool._raced).
+RETRY_MARGIN: Final = 0.025
+RETRY_WINDOW: Final = 0.25
+RETRIED: Final = "pingforward.retried"  # in a response's extensions: the request was sent twice
+SHARE: Final = 20  # requests in flight every destination may have, whatever the others hold (Slots)
+ATTEMPTS: Final = 4  # addresses a new connection tries at most (attempts)
 
 
 class _Connection(asyncio.Protocol):
@@ -41,7 +50,11 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # set by connection_lost
         self.idle_since = 0.0
-        self.destination = ""  # whose slot the request in flight holds
+        self.destination = ""  # whose slot its requests take: that of the address it is connected to
+        self.bulk = False  # the slot of the request in flight is from Slots' bulk
+        self.handshake = 0.0  # seconds its connection took: about a round trip (TCP) or a few (TLS)
+        self.written_at = 0.0  # loop time of the last request's write
+        self.ended_at = math.inf  # loop time of the close or reset
         self.busy = self.paused = False
         self.reset()
 
@@ -106,6 +119,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.ended_at = asyncio.get_running_loop().time()
         if not self.lost.done():
             self.lost.set_result(None)
         if self.busy and not self.complete and self.error is None:
@@ -196,6 +210,7 @@ class _Connection(asyncio.Protocol):
         self.reset()
         self.busy, self.head_only = True, head_only
         self.transport.write(message)
+        self.written_at = asyncio.get_running_loop().time()
         try:
             while not self.head_done and self.error is None:
                 await self.wait(timeout)
@@ -243,65 +258,128 @@ class _Body(httpx.AsyncByteStream):
 
 
 class _Line:
-    """The requests in flight to one destination, and those waiting for their turn."""
+    """One destination's requests: those holding a slot, and those waiting for one, first come first served."""
 
-    __slots__ = ("slots", "users")
+    __slots__ = ("held", "waiting", "queued")
 
-    def __init__(self, size: int) -> None:
-        self.slots = asyncio.Semaphore(size)
-        self.users = 0  # holding or waiting: the line is dropped when none are left
+    def __init__(self) -> None:
+        self.held = 0  # slots in use: its guaranteed share and the bulk together
+        self.waiting: deque[asyncio.Future[bool]] = deque()
+        self.queued = False  # in Slots._wanting: its first waiter waits for the bulk, not for its cap
 
 
 class Slots:
-    """Requests in flight: at most `total`, and at most `per_destination` to one destination.
+    """Requests in flight: a guaranteed share for every destination, and a shared bulk that few cannot exhaust.
 
-    A request that finds its destination or the pool full waits in line (first come, first served)
-    instead of failing: a burst to one busy receiver is delivered in turn, while a receiver that hangs
-    holds at most its own share, and requests to every other destination go ahead of its queue.
+    Each destination may always have `share` requests in flight, whatever the others do. Beyond that it
+    draws on a bulk of `bulk` slots shared by all, up to `per_destination` in all. With that cap a
+    quarter of the bulk, a burst to one busy receiver still goes out at once, two or three receivers
+    that hang leave most of the bulk to everyone else, and a bulk taken whole still leaves every other
+    destination its share. A request that finds no slot waits in its destination's line (first come,
+    first served) instead of failing, within its timeout.
+
+    `in_use` and `waiting` count the requests holding a slot and waiting for one (for metrics);
+    `bulk_in_use` those of the bulk.
     """
 
-    def __init__(self, total: int, per_destination: int) -> None:
-        self._total = asyncio.Semaphore(total)
-        self._per_destination = per_destination
+    def __init__(self, bulk: int, per_destination: int, share: int = SHARE) -> None:
+        self._bulk = bulk
+        self._cap = per_destination
+        self._share = min(share, per_destination)
         self._lines: dict[str, _Line] = {}
+        # Lines whose first waiter waits only for the bulk, in the order they began to wait for it.
+        self._wanting: deque[tuple[str, _Line]] = deque()
+        self.bulk_in_use = 0
+        self.in_use = 0
+        self.waiting = 0
 
-    async def acquire(self, destination: str, timeout: float | None) -> None:
+    def _grant(self, line: _Line) -> bool | None:
+        """Take a slot for `line` if one is free: False from its share, True from the bulk, None if none is."""
+        if line.held < self._share:
+            line.held += 1
+            self.in_use += 1
+            return False
+        if line.held < self._cap and self.bulk_in_use < self._bulk:
+            line.held += 1
+            self.in_use += 1
+            self.bulk_in_use += 1
+            return True
+        return None
+
+    async def acquire(self, destination: str, timeout: float | None) -> bool:
+        """Wait for a slot to `destination`; True if it is the bulk's. Give it back with `release`."""
         line = self._lines.get(destination)
         if line is None:
-            line = self._lines[destination] = _Line(self._per_destination)
-        line.users += 1
-        acquired = False
+            line = self._lines[destination] = _Line()
+        if not line.waiting:  # nobody ahead of it in this line
+            granted = self._grant(line)
+            if granted is not None:
+                return granted
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        line.waiting.append(future)
+        self.waiting += 1
+        self._want(destination, line)
+        taken = False
         try:
-            if line.slots.locked() or self._total.locked():
-                try:
-                    async with asyncio.timeout(timeout):
-                        await line.slots.acquire()
-                        try:
-                            await self._total.acquire()
-                        except asyncio.CancelledError:
-                            line.slots.release()
-                            raise
-                except TimeoutError:
-                    raise OutboundTimeout(
-                        f"no free connection to {destination} within {timeout:g} s", Failure.BUSY
-                    ) from None
-            else:  # neither waits: no timer
-                await line.slots.acquire()
-                await self._total.acquire()
-            acquired = True
+            async with asyncio.timeout(timeout):
+                bulk = await future
+            taken = True
+            return bulk
+        except TimeoutError:
+            raise OutboundTimeout(f"no free connection to {destination} within {timeout:g} s", Failure.BUSY) from None
         finally:
-            if not acquired:
-                self._leave(destination, line)
+            if not taken:
+                if future.done() and not future.cancelled():  # granted just as it gave up
+                    self.release(destination, future.result())
+                else:
+                    future.cancel()
+                    self._forget(destination, line, future)
 
-    def release(self, destination: str) -> None:
-        self._total.release()
+    def release(self, destination: str, bulk: bool) -> None:
+        """Give back a slot that `acquire` gave; `bulk` is what it returned."""
         line = self._lines[destination]
-        line.slots.release()
-        self._leave(destination, line)
+        line.held -= 1
+        self.in_use -= 1
+        if bulk:
+            self.bulk_in_use -= 1
+            # The bulk slot goes to the line that has waited longest for the bulk (maybe this one).
+            while self._wanting and self.bulk_in_use < self._bulk:
+                name, wanting = self._wanting.popleft()
+                wanting.queued = False
+                if self._lines.get(name) is wanting:
+                    self._serve(name, wanting)
+        self._serve(destination, line)
+        if not line.held and not line.waiting:
+            del self._lines[destination]
 
-    def _leave(self, destination: str, line: _Line) -> None:
-        line.users -= 1
-        if not line.users:
+    def _serve(self, destination: str, line: _Line) -> None:
+        """Hand free slots to the line's waiters in turn, then queue it for the bulk if that is what it lacks."""
+        waiting = line.waiting
+        while waiting:
+            if waiting[0].done():  # cancelled; its task has not yet taken it out
+                waiting.popleft()
+                self.waiting -= 1
+                continue
+            granted = self._grant(line)
+            if granted is None:
+                break
+            self.waiting -= 1
+            waiting.popleft().set_result(granted)
+        self._want(destination, line)
+
+    def _want(self, destination: str, line: _Line) -> None:
+        if line.waiting and not line.queued and self._share <= line.held < self._cap:
+            line.queued = True
+            self._wanting.append((destination, line))
+
+    def _forget(self, destination: str, line: _Line, future: asyncio.Future[bool]) -> None:
+        try:
+            line.waiting.remove(future)
+        except ValueError:  # already taken out by _serve
+            pass
+        else:
+            self.waiting -= 1
+        if not line.held and not line.waiting and self._lines.get(destination) is line:
             del self._lines[destination]
 
 
@@ -309,38 +387,59 @@ def _same(address: str) -> str:
     return address
 
 
+def attempts(addresses: Sequence[str], limit: int = ATTEMPTS) -> list[str]:
+    """The addresses a new connection tries, in order: at most `limit`, the families taking turns.
+
+    RFC 8305 §4: start with the first address's family and alternate, so a host whose IPv6 does not
+    work reaches an IPv4 address on the second try; a name with thousands of addresses costs a handful
+    of attempts, not thousands.
+    """
+    first = ":" in addresses[0]
+    same = [address for address in addresses if (":" in address) == first][:limit]
+    other = [address for address in addresses if (":" in address) != first][:limit]
+    order = [address for pair in zip_longest(same, other) for address in pair if address is not None]
+    return order[:limit]
+
+
 class Pool(httpx.AsyncBaseTransport):
     """httpx transport: HTTP/1.1 keep-alive connections, dialled to the addresses `resolve` returns.
 
     Args:
         resolve: (host, port) -> the addresses to try in order; it may raise to refuse the host.
-        max_connections: requests in flight at once; more wait up to the pool timeout.
-        max_per_destination: requests in flight to one destination; more wait up to the pool timeout.
+        max_connections: the bulk of `Slots` shared by all destinations beyond their own share.
+        max_per_destination: requests in flight to one destination (by default a quarter of the bulk);
+            more wait up to the pool timeout.
+        share: requests in flight that every destination may have, whatever the others hold.
         destination_of: the destination an address belongs to (by default the address itself).
-        max_idle: kept-alive connections over all origins; more are closed after their answer.
+        max_idle: kept-alive connections over all origins; at that number the one idle longest is closed.
         keepalive_expiry: seconds an idle connection is kept.
         ssl_context: for https; by default httpx's (certifi), made on the first https connection.
+        retry_margin: seconds past a connection's handshake time within which a reused connection that
+            closed unanswered is taken for the keep-alive race (see `_exchange`).
     """
 
     def __init__(
         self,
         resolve: Resolve,
         *,
-        max_connections: int = 1000,
+        max_connections: int = 4000,
         max_per_destination: int | None = None,
+        share: int = SHARE,
         destination_of: DestinationOf = _same,
         max_idle: int = 100,
         keepalive_expiry: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        retry_margin: float = RETRY_MARGIN,
     ) -> None:
         self._resolve = resolve
-        self.slots = Slots(max_connections, max_per_destination or max_connections)
+        self.slots = Slots(max_connections, max_per_destination or max(1, max_connections // 4), share)
         self._destination_of = destination_of
         self._max_idle = max_idle
         self._expiry = keepalive_expiry
         self._ssl_context = ssl_context
-        self._idle: dict[Origin, list[_Connection]] = {}
-        self._idle_count = 0
+        self._retry_margin = retry_margin
+        self._idle: dict[Origin, list[_Connection]] = {}  # per origin, the most recently used last
+        self._lru: dict[_Connection, None] = {}  # every idle connection, the one idle longest first
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -350,9 +449,8 @@ class Pool(httpx.AsyncBaseTransport):
         origin = (url.scheme, url.raw_host.decode("ascii"), url.port or DEFAULT_PORTS[url.scheme])
         timeout = request.extensions.get("timeout", {})
         message = _message(request, await request.aread())
-        # Resolved (and checked) before a slot is taken: the slot counts against where the connection
-        # goes, and a slow lookup holds no slot. A kept-alive connection goes to an address of the same
-        # name, so a cached lookup is all that reusing one costs.
+        # Resolved (and checked) before a slot is taken: a slow lookup holds no slot. A kept-alive
+        # connection goes to an address of the same name, so a cached lookup is all reusing one costs.
         connect = timeout.get("connect")
         if connect is None:
             addresses = await self._addresses(origin)
@@ -362,21 +460,16 @@ class Pool(httpx.AsyncBaseTransport):
                     addresses = await self._addresses(origin)
             except TimeoutError:
                 raise OutboundTimeout(f"no address for {origin[1]} within {connect:g} s", Failure.DNS) from None
-        destination = self._destination_of(addresses[0])
-        await self.slots.acquire(destination, timeout.get("pool"))
-        connection = None
-        try:
-            connection = await self._exchange(origin, addresses, message, timeout, request.method)
-            connection.destination = destination
-        finally:
-            if connection is None:
-                self.slots.release(destination)
+        connection, retried = await self._exchange(origin, addresses, message, timeout, request.method == "HEAD")
+        extensions: dict[str, object] = {"http_version": b"HTTP/1.1", "reason_phrase": connection.reason}
+        if retried:
+            extensions[RETRIED] = True
         return httpx.Response(
             connection.status,
             headers=connection.headers,
             # "body": a bound on each wait for the body alone, for callers whose head wait has none.
             stream=_Body(self, connection, timeout.get("body", timeout.get("read"))),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
+            extensions=extensions,
         )
 
     async def _addresses(self, origin: Origin) -> Sequence[str]:
@@ -387,97 +480,149 @@ class Pool(httpx.AsyncBaseTransport):
         return addresses
 
     async def _exchange(
-        self, origin: Origin, addresses: Sequence[str], message: bytes, timeout: dict[str, float | None], method: str
-    ) -> _Connection:
-        connection = self._take_idle(origin)
-        if connection is not None:
-            sent = self._loop_time()
-            try:
-                await connection.send(message, timeout.get("read"), method == "HEAD")
-                return connection
-            except (ConnectFailed, BrokenAnswer):
-                # Only a failure right after the write is that race; a receiver that closed after
-                # working on the request for a while may have taken it, and gets it once only.
-                if self._loop_time() - sent > RETRY_WINDOW:
-                    raise
-                # The server closed a kept-alive connection as we reused it (RFC 9112 §9.3.1 calls this
-                # race out). Not a byte of an answer came, so the request goes out once more, on a new
-                # connection; for a POST too: the proxy's and the sender's are notifications that a
-                # receiver must take again as the same one (Webmention §3.2.1: a repeat updates, and
-                # Pingback fault 48 answers a ping already registered).
-                if connection.received:
-                    raise
-        connection = await self._connect(origin, addresses, timeout.get("connect"))
-        await connection.send(message, timeout.get("read"), method == "HEAD")
-        return connection
+        self, origin: Origin, addresses: Sequence[str], message: bytes, timeout: dict[str, float | None], head: bool
+    ) -> tuple[_Connection, bool]:
+        """Send on a kept-alive or a new connection; the slot held is always that of the address dialled.
 
-    async def _connect(self, origin: Origin, addresses: Sequence[str], timeout: float | None) -> _Connection:
+        Returns the connection, its answer's head read, holding its slot; and whether the request was
+        sent twice (the keep-alive race).
+        """
+        slots, wait = self.slots, timeout.get("pool")
+        held: str | None = None  # the destination whose slot this request holds
+        bulk = False
+        done = retried = False
+        try:
+            idle = self._idle.get(origin)
+            if idle:
+                held = idle[-1].destination
+                bulk = await slots.acquire(held, wait)
+                connection = self._take_idle(origin, held)  # its stack may have changed while it waited
+                if connection is not None:
+                    connection.bulk = bulk
+                    try:
+                        await connection.send(message, timeout.get("read"), head)
+                        done = True
+                        return connection, False
+                    except (ConnectFailed, BrokenAnswer):
+                        if not self._raced(connection):
+                            raise
+                    retried = True
+            connection = None
+            _, host, port = origin
+            left = timeout.get("connect")
+            error: OSError = OSError(f"no address for {host}")
+            for address in attempts(addresses):
+                destination = self._destination_of(address)
+                if destination != held:  # e.g. IPv6 refused, and IPv4 next: count the address dialled
+                    if held is not None:
+                        slots.release(held, bulk)
+                        held = None
+                    bulk = await slots.acquire(destination, wait)
+                    held = destination
+                try:
+                    connection, left = await self._connect(origin, address, left, timeout.get("connect"))
+                    break
+                except OSError as exc:  # includes ssl.SSLError: a failed handshake or certificate
+                    error = exc
+            if connection is None:
+                raise connect_failure(error, host, port) from error
+            connection.destination, connection.bulk = destination, bulk
+            await connection.send(message, timeout.get("read"), head)
+            done = True
+            return connection, retried
+        finally:
+            if not done and held is not None:
+                slots.release(held, bulk)
+
+    def _raced(self, connection: _Connection) -> bool:
+        """Whether a kept-alive connection that failed under a request lost the keep-alive race.
+
+        RFC 9112 §9.3.1: a server may close an idle connection just as a request is sent on it. Then
+        not a byte of answer comes, and the close reaches us within about one round trip of the write,
+        which the connection's own handshake measured. A receiver that closes later may have taken the
+        request while working on it, and must not get it twice; one that answered in part has it.
+        """
+        after = connection.ended_at - connection.written_at
+        return not connection.received and after <= min(RETRY_WINDOW, connection.handshake + self._retry_margin)
+
+    async def _connect(
+        self, origin: Origin, address: str, left: float | None, total: float | None
+    ) -> tuple[_Connection, float | None]:
+        """One connection attempt within what is `left` of the connect timeout; returns what is left after it."""
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         tls = self._tls() if scheme == "https" else None
+        started = loop.time()
         try:
-            async with asyncio.timeout(timeout):
-                error: OSError = OSError(f"no address for {host}")
-                for address in addresses:
-                    try:
-                        _, connection = await loop.create_connection(
-                            lambda: _Connection(origin), address, port, ssl=tls, server_hostname=host if tls else None
-                        )
-                        return connection
-                    except OSError as exc:  # includes ssl.SSLError: a failed handshake or certificate
-                        error = exc
-                raise error
+            async with asyncio.timeout(left):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(origin), address, port, ssl=tls, server_hostname=host if tls else None
+                )
         except TimeoutError:
-            raise OutboundTimeout(f"no connection to {host} port {port} within {timeout:g} s") from None
-        except OSError as exc:
-            raise connect_failure(exc, host, port) from exc
+            raise OutboundTimeout(f"no connection to {host} port {port} within {total:g} s") from None
+        took = loop.time() - started
+        connection.handshake = took
+        return connection, None if left is None else max(0.0, left - took)
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
             self._ssl_context = httpx.create_ssl_context()
         return self._ssl_context
 
-    def _take_idle(self, origin: Origin) -> _Connection | None:
+    def _take_idle(self, origin: Origin, destination: str) -> _Connection | None:
+        """The most recently used live idle connection of `origin` to `destination`, closing stale ones."""
         stack = self._idle.get(origin)
+        now = self._loop_time()
         while stack:
-            connection = stack.pop()
-            self._idle_count -= 1
-            if connection.usable and self._loop_time() - connection.idle_since < self._expiry:
+            connection = stack[-1]
+            if connection.usable and now - connection.idle_since < self._expiry:
+                if connection.destination != destination:
+                    return None
+                stack.pop()
+                del self._lru[connection]
+                if not stack:
+                    del self._idle[origin]
                 return connection
+            stack.pop()
+            del self._lru[connection]
             connection.close()
         self._idle.pop(origin, None)
         return None
 
     def _release(self, connection: _Connection) -> bool:
         """Give the slot back and keep the connection for reuse if it can be; False if it cannot."""
-        self.slots.release(connection.destination)
+        self.slots.release(connection.destination, connection.bulk)
         connection.busy = False
         reusable = connection.complete and connection.keep_alive and connection.usable
-        if not reusable or self._idle_count >= self._max_idle:
+        if not reusable or self._max_idle <= 0:
             return False
+        if len(self._lru) >= self._max_idle:
+            # The one idle longest goes, never the one just handed back: a busy receiver keeps its
+            # connections however many other origins have one idle.
+            self._evict(next(iter(self._lru)))
         connection.take_body()  # what the reader left unread; this also resumes reading
         connection.idle_since = self._loop_time()
         self._idle.setdefault(connection.origin, []).append(connection)
-        self._idle_count += 1
+        self._lru[connection] = None
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._expiry, self._sweep)
         return True
+
+    def _evict(self, connection: _Connection) -> None:
+        del self._lru[connection]
+        stack = self._idle[connection.origin]
+        stack.remove(connection)
+        if not stack:
+            del self._idle[connection.origin]
+        connection.close()
 
     def _sweep(self) -> None:
         """Close what has been idle for `keepalive_expiry`; one timer for the pool, not one per answer."""
         self._sweeper = None
         now = self._loop_time()
-        for origin, stack in list(self._idle.items()):
-            keep = [c for c in stack if c.usable and now - c.idle_since < self._expiry]
-            for connection in stack:
-                if connection not in keep:
-                    connection.close()
-            self._idle_count -= len(stack) - len(keep)
-            if keep:
-                self._idle[origin] = keep
-            else:
-                del self._idle[origin]
-        if self._idle:
+        for connection in [c for c in self._lru if not c.usable or now - c.idle_since >= self._expiry]:
+            self._evict(connection)
+        if self._lru:
             self._sweeper = asyncio.get_running_loop().call_later(self._expiry / 2, self._sweep)
 
     def _loop_time(self) -> float:
@@ -487,9 +632,9 @@ class Pool(httpx.AsyncBaseTransport):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        idle = [connection for stack in self._idle.values() for connection in stack]
+        idle = list(self._lru)
         self._idle.clear()
-        self._idle_count = 0
+        self._lru.clear()
         await asyncio.gather(*(connection.aclose() for connection in idle))
 
 

@@ -30,11 +30,13 @@ USER_AGENT = f"pingforward/{__version__} (+{PROJECT_URL})"
 # RFC 9110 §7.6.3: gateways add Via. app.py refuses requests that carry it, so a forward URL
 # that reaches this proxy under another name ends in an error instead of a loop.
 VIA = "1.1 pingforward"
-# Requests in flight per worker: twice the default share of one destination (config.DEFAULT_MAX_PER_HOST),
-# so a burst of 1,000 pings to one slow receiver goes out at once (bench/README.md, "Sizing") while one
-# that hangs leaves the other half to everyone else. Idle connections are dropped after 4 s, before the
-# 5 s after which uvicorn, Apache and Node close them themselves.
-LIMITS = httpx.Limits(max_connections=2000, max_keepalive_connections=100, keepalive_expiry=4.0)
+# The bulk of the outbound slots per worker (pool.Slots), which every destination draws on beyond its
+# guaranteed share (pool.SHARE): four times the most one destination may hold (config.MAX_PER_HOST_LIMIT),
+# so a burst of 1,000 pings to one slow receiver goes out at once (bench/README.md, "Sizing") while two
+# or three that hang leave a quarter or more of it, and every other destination its share, to everyone
+# else. Idle connections are dropped after 4 s, before the 5 s after which uvicorn, Apache and Node
+# close them themselves; at 100 the one idle longest is closed.
+LIMITS = httpx.Limits(max_connections=4000, max_keepalive_connections=100, keepalive_expiry=4.0)
 
 Resolve = Callable[[str, int], Awaitable[Sequence[str]]]
 
