@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from dnslib import RCODE
 
 from pingforward.errors import ResolveError
-from pingforward.net.resolver import LOOKUP_TIMEOUT, Resolver
+from pingforward.net.resolver import ADDRESSES_PER_FAMILY, LOOKUP_TIMEOUT, Resolver
 from pingforward.net.transport import destination_of
 from tests.dns import Name, Zone, dns_server
 
@@ -144,3 +145,109 @@ async def test_a_channel_is_replaced_after_its_share_of_lookups() -> None:
         assert len(channels) == 3  # 2 + 2 + 1 lookups
         await asyncio.sleep(1.5)  # the retired channels close once past the lookup bound
         await resolver.aclose()
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[Zone, str]]:
+    zone = Zone(dict(ZONE))
+    with dns_server(zone) as (host, port):
+        yield zone, f"{host}:{port}"
+
+
+def quick(nameserver: str, **bounds: float) -> Resolver:
+    """A resolver with bounds short enough for a test: answers fresh for 0.05 s, c-ares gives up after 0.2 s."""
+    values = {"timeout": 1.0, "min_ttl": 0.05, "stale_wait": 0.1, "try_timeout": 0.2, "tries": 1, **bounds}
+    return Resolver(nameservers=[nameserver], **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("outage", ["servfail", "silent"])
+async def test_an_expired_answer_is_served_while_the_server_fails(server: tuple[Zone, str], outage: str) -> None:
+    # RFC 8767: a blip of the DNS server costs nothing to a name already known.
+    zone, nameserver = server
+    zone.names["blip.test"] = Name([["11.22.33.46"], ["11.22.33.47"]], ttl=0)
+    resolver = quick(nameserver, stale_ttl=0.3)
+    assert await resolver.resolve("blip.test") == ("11.22.33.46",)
+    await asyncio.sleep(0.1)  # expired
+    zone.outage = outage
+    for _ in range(3):
+        assert await resolver.resolve("blip.test") == ("11.22.33.46",)
+    assert resolver.lookups["stale"] == 3
+    zone.outage = None
+    await asyncio.sleep(0.4)  # past the stale answer's own 0.3 s: the name is asked for again
+    assert await resolver.resolve("blip.test") == ("11.22.33.47",)
+    await resolver.aclose()
+
+
+async def test_a_name_gone_is_not_served_stale(server: tuple[Zone, str]) -> None:
+    zone, nameserver = server
+    zone.names["gone.test"] = Name([["11.22.33.46"]], ttl=0)
+    resolver = quick(nameserver)
+    await resolver.resolve("gone.test")
+    await asyncio.sleep(0.1)
+    del zone.names["gone.test"]  # NXDOMAIN is an answer (RFC 8767 §4 serves stale data only on failure)
+    with pytest.raises(ResolveError, match="not found"):
+        await resolver.resolve("gone.test")
+    assert resolver.lookups["nxdomain"] == 1
+    await resolver.aclose()
+
+
+async def test_c_ares_own_timeout_is_not_remembered_as_the_answer(server: tuple[Zone, str]) -> None:
+    zone, nameserver = server
+    zone.names["later.test"] = Name([["11.22.33.46"]])
+    resolver = quick(nameserver)  # c-ares gives up after 0.2 s, before the resolver's own 1 s bound
+    zone.outage = "silent"
+    with pytest.raises(ResolveError, match="Timeout while contacting DNS servers"):
+        await resolver.resolve("later.test")
+    zone.outage = None
+    assert await resolver.resolve("later.test") == ("11.22.33.46",)
+    assert (resolver.lookups["timeout"], resolver.lookups["answered"]) == (1, 1)
+    await resolver.aclose()
+
+
+async def test_an_unreachable_server_is_not_remembered_as_the_answer() -> None:
+    zone = Zone({"back.test": Name([["11.22.33.46"]])})
+    with dns_server(zone) as (host, port):
+        pass  # stopped: nothing listens on its port now
+    resolver = quick(f"{host}:{port}")
+    with pytest.raises(ResolveError, match="back.test"):
+        await resolver.resolve("back.test")
+    with dns_server(zone, host, port):  # back on the same port
+        assert await resolver.resolve("back.test") == ("11.22.33.46",)
+    assert resolver.lookups["answered"] == 1 and resolver.lookups["unreachable"] + resolver.lookups["timeout"] == 1
+    await resolver.aclose()
+
+
+async def test_a_large_answer_over_tcp_keeps_a_handful_of_addresses_a_family(server: tuple[Zone, str]) -> None:
+    zone, nameserver = server
+    many = [f"11.{n >> 16}.{(n >> 8) & 255}.{n & 255}" for n in range(1, 4091)]
+    zone.names["many.test"] = Name([[*many, *(f"2001:db8::{n:x}" for n in range(1, 21))]])
+    resolver = quick(nameserver)
+    addresses = await resolver.resolve("many.test")
+    assert zone.tcp["many.test"] >= 1  # too large for UDP: asked again over TCP
+    assert len(addresses) == 2 * ADDRESSES_PER_FAMILY
+    assert sorted(":" in address for address in addresses) == [False] * 8 + [True] * 8
+    await resolver.aclose()
+
+
+async def test_lookups_are_counted_by_result(server: tuple[Zone, str]) -> None:
+    zone, nameserver = server
+    zone.names["broken.test"] = Name(rcode=RCODE.SERVFAIL)
+    resolver = quick(nameserver)
+    await resolver.resolve("site.test")
+    await resolver.resolve("site.test")
+    await resolver.resolve("11.22.33.44")  # a literal: no lookup
+    for name in ("nowhere.test", "broken.test"):
+        with pytest.raises(ResolveError):
+            await resolver.resolve(name)
+    assert resolver.lookups == {"answered": 1, "cached": 1, "nxdomain": 1, "servfail": 1}
+    await resolver.aclose()
+
+
+async def test_closing_gives_waiters_a_resolve_error(server: tuple[Zone, str]) -> None:
+    zone, nameserver = server
+    resolver = quick(nameserver)
+    waiting = asyncio.ensure_future(resolver.resolve("silent.test"))
+    await asyncio.sleep(0.05)
+    await resolver.aclose()
+    with pytest.raises(ResolveError, match="closing"):
+        await waiting
