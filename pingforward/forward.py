@@ -8,6 +8,7 @@ and https://www.hixie.ch/specs/pingback/pingback (fault codes).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import re
@@ -19,6 +20,7 @@ import httpx
 
 from pingforward.errors import ForwardError, OutboundError, OutboundTimeout, Refused
 from pingforward.net.policy import host_literal
+from pingforward.net.pool import RETRIED
 from pingforward.net.redirect import FINAL_FOR_POST, REDIRECTS, next_url
 from pingforward.net.transport import USER_AGENT, VIA
 from pingforward.pingback import FaultCode, Ping, is_http_url
@@ -65,6 +67,7 @@ class Outcome:
     # Why the proxy itself refused the ping before forwarding it, as a short name for logs and metrics
     # (no_link, source_gone, copy, repeat, flood, fetch_bound...); None when it was forwarded, or failed.
     refusal: str | None = None
+    retried: bool = False  # sent twice: the receiver closed a kept-alive connection as it arrived (pool.RETRIED)
 
 
 # The raw `forward` parameter, as it is written in the query string.
@@ -246,10 +249,18 @@ async def forward(
     its auth, redirect and event-hook machinery cost more than the pool's own exchange, and none of it
     applies to one fixed POST (bench/README.md).
     """
+    retried: list[bool] = []  # True once a request went out twice
+    outcome = await _forward(transport, ping, url, client_ip, timeout, retried)
+    return dataclasses.replace(outcome, retried=True) if retried else outcome
+
+
+async def _forward(
+    transport: httpx.AsyncBaseTransport, ping: Ping, url: str, client_ip: str, timeout: float, retried: list[bool]
+) -> Outcome:
     heard: list[tuple[int, str | None]] = []  # a final answer's status and Location, once its head arrived
     try:
         with deadline(timeout):
-            return await _post(transport, ping, url, client_ip, heard)
+            return await _post(transport, ping, url, client_ip, heard, retried)
     except Refused as exc:
         return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
     except TimeoutError:
@@ -267,11 +278,18 @@ async def forward(
 
 
 async def _post(
-    transport: httpx.AsyncBaseTransport, ping: Ping, url: str, client_ip: str, heard: list[tuple[int, str | None]]
+    transport: httpx.AsyncBaseTransport,
+    ping: Ping,
+    url: str,
+    client_ip: str,
+    heard: list[tuple[int, str | None]],
+    retried: list[bool],
 ) -> Outcome:
     # Redirects are followed by the one rule of net/redirect.py: the same POST on 301, 302, 307, 308.
     for _ in range(MAX_REDIRECTS + 1):
         response = await transport.handle_async_request(webmention_request(ping, url, client_ip))
+        if RETRIED in response.extensions:
+            retried.append(True)
         # The transport's own stream, read and closed as httpx's client does underneath: its
         # `aiter_raw` and `aclose` would add a chunker and two context managers per ping.
         stream = response.stream

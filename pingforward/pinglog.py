@@ -37,10 +37,11 @@ class PingLine:
     request_id: str | None = None
     agent: str | None = None
     reason: str | None = None  # a fault's message: which rule refused the ping, or what the receiver said
+    retried: bool = False  # sent twice: the receiver closed a kept-alive connection as it arrived
 
     def fields(self) -> dict[str, str | int | float | None]:
-        """The line's fields in a fixed order, untrusted strings cut to `MAX_FIELD`."""
-        return {
+        """The line's fields in a fixed order, untrusted strings cut to `MAX_FIELD`; `retry` only when it was."""
+        fields: dict[str, str | int | float | None] = {
             "client": self.client,
             "forward_host": self.forward_host[:MAX_FIELD],
             "source": self.source[:MAX_FIELD],
@@ -52,6 +53,9 @@ class PingLine:
             "agent": None if self.agent is None else self.agent[:MAX_FIELD],
             "reason": None if self.reason is None else self.reason[:MAX_FIELD],
         }
+        if self.retried:
+            fields["retry"] = True
+        return fields
 
     def text(self) -> str:
         """`fields()` as `key=value` pairs (logfmt style): absent values are `-`, and fields absent
@@ -68,6 +72,8 @@ class PingLine:
             text += f" agent={_quote(self.agent[:MAX_FIELD])}"
         if self.reason is not None:
             text += f" reason={_quote(self.reason[:MAX_FIELD])}"
+        if self.retried:
+            text += " retry=1"
         return text
 
 

@@ -95,7 +95,8 @@ def _truncated(query: DNSRecord, reply: bytes) -> bytes:
         return reply
     short = query.reply()
     short.header.tc = 1
-    return short.pack()
+    packed: bytes = short.pack()
+    return packed
 
 
 def _bind(host: str, port: int) -> tuple[socket.socket, socket.socket]:

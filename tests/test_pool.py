@@ -17,9 +17,12 @@ import trustme
 
 from pingforward.config import DEFAULT_MAX_PER_HOST, Settings
 from pingforward.errors import BrokenAnswer, ConnectFailed, OutboundError, OutboundTimeout, Refused
+from pingforward.forward import forward
 from pingforward.net.policy import Policy
 from pingforward.net.pool import MAX_HEAD, RETRIED, RETRY_WINDOW, Pool, Slots, attempts
 from pingforward.net.transport import LIMITS, PolicyTransport, make_client
+from pingforward.pingback import Ping
+from pingforward.pinglog import PingLine
 
 pytestmark = pytest.mark.anyio
 
@@ -616,7 +619,7 @@ async def test_idle_connections_are_closed_least_recently_used_first() -> None:
 # --- Slots: a guaranteed share per destination, and a shared bulk ---
 
 
-async def hold(slots: Slots, destination: str, count: int) -> list[asyncio.Future[bool]]:
+async def hold(slots: Slots, destination: str, count: int) -> list[asyncio.Task[bool]]:
     """`count` requests for slots to `destination`, started in order; those not yet granted are pending."""
     tasks = [asyncio.ensure_future(slots.acquire(destination, None)) for _ in range(count)]
     await asyncio.sleep(0)
@@ -681,3 +684,17 @@ async def test_waiters_that_give_up_leave_no_trace() -> None:
     for task in held:
         slots.release("a", task.result())
     assert (slots.in_use, slots.bulk_in_use, slots.waiting, slots._lines) == (0, 0, 0, {})
+
+
+async def test_a_retry_is_marked_on_the_outcome_and_the_ping_line() -> None:
+    ping = Ping("https://a.example/post", "https://b.example/page")
+    async with serving(Server([OK], drop={1})) as server:
+        pool = Pool(loopback)
+        url = f"http://127.0.0.1:{server.port}/wm"
+        first = await forward(pool, ping, url, client_ip="192.0.2.1", timeout=5)
+        second = await forward(pool, ping, url, client_ip="192.0.2.1", timeout=5)
+        await pool.aclose()
+    assert (first.fault, first.retried, second.fault, second.retried) == (None, False, None, True)
+    line = PingLine("192.0.2.1", "127.0.0.1", ping.source, ping.target, 202, None, 1.0, retried=second.retried)
+    assert line.text().endswith(" retry=1") and line.fields()["retry"] is True
+    assert "retry" not in PingLine("192.0.2.1", "127.0.0.1", "s", "t", 202, None, 1.0).fields()
