@@ -28,6 +28,8 @@ if not INSIDE:  # outside the namespace these tests would touch the real network
 
 RECEIVER = "11.22.33.44"  # a well-behaved receiver
 HANGING = "11.22.33.45"  # a receiver that holds every request until told
+BUSY = "11.22.33.47"  # a receiver whose connections are counted
+REFUSING_NET = "11.0.0.0/16"  # local addresses where nothing listens: connections are refused at once
 NAMESERVER = "11.22.33.53"
 HOSTS = f"127.0.0.1 localhost\n{RECEIVER} hosts-file.test\n{HANGING} hang-hosts.test\n"
 
@@ -42,8 +44,10 @@ def network() -> Iterator[Path]:
     interfaces = [name for _, name in socket.if_nameindex()]
     assert interfaces == ["lo"], f"not in a private network namespace: {interfaces}"
     _run("ip", "link", "set", "lo", "up")
-    for address in (RECEIVER, HANGING, NAMESERVER):
+    for address in (RECEIVER, HANGING, BUSY, NAMESERVER):
         _run("ip", "addr", "add", f"{address}/32", "dev", "lo")
+    # For names with thousands of addresses, or each its own refusing one.
+    _run("ip", "route", "add", "local", REFUSING_NET, "dev", "lo")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "hosts").write_text(HOSTS)
@@ -71,6 +75,7 @@ class RawServer:
     held: int = 0  # requests being held right now
     most: int = 0  # the most held at once
     requests: int = 0
+    connections: int = 0
 
     def hold(self) -> None:
         with self.lock:
@@ -96,6 +101,8 @@ def raw_server(host: str, port: int, serve: Callable[[socket.socket, RawServer],
             except TimeoutError:
                 continue
             conn.settimeout(20)
+            with server.lock:
+                server.connections += 1
             threading.Thread(target=_serve_one, args=(serve, conn, server), daemon=True).start()
 
     thread = threading.Thread(target=accept, daemon=True)

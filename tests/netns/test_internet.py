@@ -15,7 +15,7 @@ import pytest
 
 from pingforward.net.resolver import LOOKUP_TIMEOUT
 from tests.dns import Name, Zone
-from tests.netns.conftest import HANGING, RECEIVER, RawServer, answer, raw_server, read_request
+from tests.netns.conftest import BUSY, HANGING, RECEIVER, RawServer, answer, raw_server, read_request
 from tests.servers import Receiver, ping, proxy, receiver
 
 ACCEPTED = "Webmention accepted"  # what tests/servers.py's receiver answers on /ok
@@ -165,3 +165,54 @@ def test_a_kept_alive_connection_closed_at_reuse_does_not_lose_the_ping(base: st
 
     with raw_server(RECEIVER, 8443, once_per_connection):
         assert [ping(base, f"http://{RECEIVER}:8443/wm") for _ in range(6)] == ["ok"] * 6
+
+
+def keep_alive(conn: socket.socket, server: RawServer) -> None:
+    while read_request(conn):
+        with server.lock:
+            server.requests += 1
+        conn.sendall(answer("202 Accepted"))
+
+
+def test_a_slot_counts_against_the_address_dialled_not_the_first_answered(zone: Zone) -> None:
+    # Names answering [an address that refuses at once, the victim], each its own refusing address: each
+    # connection falls through to the victim, and must count against it, not against the refusing one.
+    names = {f"fallthrough-{n}.test": f"11.0.100.{n}" for n in range(10)}
+    zone.names.update({name: Name([[refusing, HANGING]]) for name, refusing in names.items()})
+    # A small limit, so that the test needs a few pings rather than a thousand: the case is about its key.
+    with raw_server(HANGING, 80, held_then_ok) as victim, proxy({"PINGFORWARD_MAX_PER_HOST": "4"}) as url:
+        with ThreadPoolExecutor(len(names)) as pool:
+            held = [pool.submit(ping, url, f"http://{name}/wm") for name in names]
+            until(lambda: victim.held == 4)
+            time.sleep(0.2)  # a fifth connection, were the slots counted against the first address, would be here
+            assert (victim.held, victim.most) == (4, 4)
+            victim.release.set()
+            assert [future.result() for future in held] == ["ok"] * len(held)
+
+
+def test_a_name_with_thousands_of_addresses_costs_a_handful_of_attempts(base: str, zone: Zone) -> None:
+    # About 4,090 A records (over TCP): the first ones refuse at once (REFUSING_NET), the receiver is the
+    # fifth and the last. Only a handful of addresses is tried, so neither is dialled.
+    unreachable = [f"11.0.{n >> 8}.{n & 255}" for n in range(1, 4089)]
+    zone.names["many.test"] = Name([[*unreachable[:4], RECEIVER, *unreachable[4:], RECEIVER]])
+    zone.names["few.test"] = Name([[*unreachable[:3], RECEIVER]])
+    with raw_server(RECEIVER, 8080, keep_alive) as receiving:
+        code, text = fault(ping(base, "http://many.test:8080/wm"))
+        assert code == 50 and "refused" in text
+        assert zone.tcp["many.test"] >= 1 and receiving.connections == 0
+        assert ping(base, "http://few.test:8080/wm") == "ok"  # the fourth address is tried
+        assert receiving.connections == 1
+
+
+def test_a_busy_receiver_keeps_its_connection_while_many_origins_are_idle(base: str, zone: Zone) -> None:
+    # More origins with an idle connection than the pool keeps: the one idle longest is closed, never
+    # the busy receiver's connection just handed back.
+    others = [f"idle-{n}.test" for n in range(110)]
+    zone.names.update({name: Name([[RECEIVER]]) for name in others})
+    zone.names["busy.test"] = Name([[BUSY]])
+    with raw_server(RECEIVER, 8443, keep_alive) as idle, raw_server(BUSY, 8443, keep_alive) as busy:
+        with ThreadPoolExecutor(20) as pool:
+            assert list(pool.map(lambda name: ping(base, f"http://{name}:8443/wm"), others)) == ["ok"] * len(others)
+        assert idle.connections >= len(others)
+        assert [ping(base, "http://busy.test:8443/wm") for _ in range(50)] == ["ok"] * 50
+        assert (busy.requests, busy.connections) == (50, 1)
