@@ -67,6 +67,10 @@ GOAL_DNS_DELIVERED = 0.99
 GOAL_DNS_P99_ADDED_S = 0.5
 GOAL_HANGING_P99 = 1.25  # x the same traffic's p99 without the hanging receiver, or +2 ms, whichever is more
 HANGING_P99_SLACK_MS = 2.0
+GOAL_TWO_HUNG_P99_S = 0.5  # honest pings while two receivers hang with 1,000 pings each
+GOAL_BLIP_FAULTS = 5  # pings a 0.3 s DNS failure may cost a name already known ("a handful")
+GOAL_BUSY_CONNECTIONS = 10  # new connections for 200 pings, 4 at a time, while 110 other origins are idle
+GOAL_MANY_RSS_MIB = 150.0  # after 500 names of 4,090 addresses each
 
 
 @dataclass
@@ -603,7 +607,57 @@ def edge_rows(edge: dict[str, Any]) -> list[Row]:
             f"<= {GOAL_HANGING_P99}x or +{HANGING_P99_SLACK_MS:.0f} ms: "
             + verdict(hung["p99_s"] <= allowed and hung["delivered"] == hung["sent"]),
         ),
+        *round_two_rows(edge),
     ]
+
+
+def round_two_rows(edge: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    two = edge.get("steady_two_hung")
+    if two:
+        rows.append(
+            (
+                f"  ... while two hang with {edge['hanging']} pings each",
+                f"p99 {two['p99_s'] * 1000:.1f} ms",
+                f"{two['delivered']} of {two['sent']} delivered; {edge['two_held']} held at the hanging ones",
+                f"<= {GOAL_TWO_HUNG_P99_S} s, all delivered: "
+                + verdict(two["p99_s"] <= GOAL_TWO_HUNG_P99_S and two["delivered"] == two["sent"]),
+            )
+        )
+    blip = edge.get("dns_blip")
+    if blip:
+        for kind, words in (("servfail", "a 0.3 s SERVFAIL"), ("unreachable", "0.3 s without a DNS server")):
+            phase = blip[kind]
+            lost = phase["sent"] - phase["delivered"]
+            rows.append(
+                (
+                    f"a known name's answer expires during {words}",
+                    f"{lost} of {phase['sent']} pings lost",
+                    f"p99 {phase['p99_s'] * 1000:.1f} ms",
+                    f"<= {GOAL_BLIP_FAULTS} lost: {verdict(lost <= GOAL_BLIP_FAULTS)}",
+                )
+            )
+    idle = edge.get("idle_origins")
+    if idle:
+        rows.append(
+            (
+                f"a busy receiver while {idle['origins']} other origins keep idle connections",
+                f"{idle['connections']} new connections for {idle['pings']} pings (4 at a time)",
+                f"{idle['delivered']} of {idle['pings']} delivered",
+                f"<= {GOAL_BUSY_CONNECTIONS}: {verdict(idle['connections'] <= GOAL_BUSY_CONNECTIONS)}",
+            )
+        )
+    many = edge.get("many_addresses")
+    if many:
+        rows.append(
+            (
+                f"{many['names']} names of {many['addresses']} addresses each (TCP), all refusing",
+                f"RSS {many['rss_before_mib']:.0f} -> {many['rss_after_mib']:.0f} MiB",
+                f"{many['seconds']:.1f} s for all; {many['delivered']} delivered",
+                f"<= {GOAL_MANY_RSS_MIB:.0f} MiB: {verdict(many['rss_after_mib'] <= GOAL_MANY_RSS_MIB)}",
+            )
+        )
+    return rows
 
 
 def report(bench: Bench, results: dict[str, object]) -> str:
