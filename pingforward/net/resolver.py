@@ -53,6 +53,10 @@ MAX_TTL: Final = 300.0
 # addresses in all, then a fresh one takes over and the old one is closed.
 QUERIES_PER_CHANNEL: Final = 2000
 ADDRESSES_PER_CHANNEL: Final = 20_000
+# ares.h's ARES_AI_NOSORT: c-ares's RFC 6724 sort opens and connects a UDP socket per address, which
+# doubled the CPU of a lookup answering thousands of addresses (bench/README.md); the connection tries
+# the families in turn instead (pool.attempts), so an unusable family costs one failed attempt.
+NOSORT: Final = 1 << 7
 NEGATIVE_TTL: Final = 10.0  # no such name, or no address of either family (RFC 2308 negative caching)
 # A server failure (SERVFAIL, REFUSED) for a name with no answer to fall back on: remembered only
 # briefly (RFC 2308 §7.1 allows up to 5 minutes), so that a blip of the server costs a handful of pings
@@ -214,7 +218,9 @@ class Resolver:
     async def _query(self, name: str, future: asyncio.Future[tuple[str, ...]]) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                result = await self._channel().getaddrinfo(name, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM)
+                result = await self._channel().getaddrinfo(
+                    name, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=NOSORT
+                )
         except TimeoutError:
             # Not remembered: c-ares may yet get the answer, and keeps it, so the next ping that names
             # it asks again (a name behind slow servers then works a moment later, not 10 s later).
