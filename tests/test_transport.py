@@ -14,9 +14,11 @@ import httpx
 import pytest
 import trustme
 
+from pingforward.config import DEFAULT_MAX_PER_HOST, Settings
 from pingforward.errors import ConnectFailed, Refused, ResolveError
 from pingforward.net.policy import Policy
-from pingforward.net.transport import PolicyTransport
+from pingforward.net.pool import SHARE
+from pingforward.net.transport import PolicyTransport, make_transport
 
 LIMITS = httpx.Limits(max_connections=10)
 
@@ -145,3 +147,17 @@ async def test_tls_verifies_the_real_host_name(dns: FakeDNS, tls_listener: int, 
         # Same address, but the certificate is not for this name: connecting by IP must not skip the check.
         with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED|certificate"):
             await http.get(f"https://impostor.test:{tls_listener}/")
+
+
+@pytest.mark.anyio
+async def test_the_worker_transport_counts_for_metrics(dns: FakeDNS, listener: tuple[int, list[bytes]]) -> None:
+    port, _ = listener
+    dns.table["pinned.test"] = ["127.0.0.1"]
+    transport = PolicyTransport(Policy(allowed_ports=None, allow_private_networks=True), LIMITS, resolver=dns)
+    async with httpx.AsyncClient(transport=transport) as http:
+        response = await http.post(f"http://pinned.test:{port}/wm", content=b"x")
+        assert response.status_code == 202
+        assert (transport.slots.in_use, transport.slots.waiting, transport.lookups) == (0, 0, {})
+    worker = make_transport(Settings())
+    assert (worker.slots._bulk, worker.slots._cap, worker.slots._share) == (4000, DEFAULT_MAX_PER_HOST, SHARE)
+    await worker.aclose()

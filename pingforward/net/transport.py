@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import ssl
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
@@ -23,7 +24,7 @@ from pingforward import PROJECT_URL, __version__
 from pingforward.config import Settings
 from pingforward.errors import BrokenAnswer, ConnectFailed, Failure, OutboundError, OutboundTimeout
 from pingforward.net.policy import Policy, embedded_ipv4
-from pingforward.net.pool import Pool
+from pingforward.net.pool import Pool, Slots
 from pingforward.net.resolver import Resolver
 
 USER_AGENT = f"pingforward/{__version__} (+{PROJECT_URL})"
@@ -81,6 +82,16 @@ class PolicyTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=5.0 if limits.keepalive_expiry is None else limits.keepalive_expiry,
             ssl_context=ssl_context,
         )
+
+    @property
+    def slots(self) -> Slots:
+        """The pool's outbound slots: `in_use`, `waiting` and `bulk_in_use` count requests, for metrics."""
+        return self._pool.slots
+
+    @property
+    def lookups(self) -> Counter[str]:
+        """Name lookups by result (resolver.Resolver.lookups), for metrics; empty with a resolver given in."""
+        return Counter() if self._resolver is None else self._resolver.lookups
 
     async def _lookup(self, host: str, port: int) -> Sequence[str]:
         assert self._resolver is not None
