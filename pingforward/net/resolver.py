@@ -27,6 +27,7 @@ from typing import Final
 
 import aiodns
 import aiodns.error
+import pycares
 
 from pingforward.errors import ResolveError
 from pingforward.net.policy import host_literal
@@ -168,6 +169,8 @@ class Resolver:
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._pending: dict[str, asyncio.Future[tuple[str, ...]]] = {}
         self._queries: set[asyncio.Task[None]] = set()
+        self._busy: dict[aiodns.DNSResolver, int] = {}  # lookups under way on each channel
+        self._closing: set[asyncio.Task[None]] = set()
         self._dns: aiodns.DNSResolver | None = None
         self.lookups: Counter[str] = Counter()
 
@@ -218,9 +221,7 @@ class Resolver:
     async def _query(self, name: str, future: asyncio.Future[tuple[str, ...]]) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                result = await self._channel().getaddrinfo(
-                    name, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=NOSORT
-                )
+                result = await self._getaddrinfo(name)
         except TimeoutError:
             # Not remembered: c-ares may yet get the answer, and keeps it, so the next ping that names
             # it asks again (a name behind slow servers then works a moment later, not 10 s later).
@@ -270,13 +271,25 @@ class Resolver:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    async def _getaddrinfo(self, name: str) -> pycares.AddrInfoResult:
+        """One lookup on the current channel; a channel replaced is closed once its last lookup is over."""
+        channel = self._channel()
+        self._busy[channel] = self._busy.get(channel, 0) + 1
+        try:
+            return await channel.getaddrinfo(name, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=NOSORT)
+        finally:
+            self._busy[channel] -= 1
+            if not self._busy[channel]:
+                del self._busy[channel]
+                if channel is not self._dns:
+                    self._close(channel)
+
     def _channel(self) -> aiodns.DNSResolver:
         if self._dns is not None and (
             self._used >= self._queries_per_channel or self._answered >= ADDRESSES_PER_CHANNEL
         ):
-            retiring = asyncio.get_running_loop().create_task(self._retire(self._dns))
-            self._queries.add(retiring)
-            retiring.add_done_callback(self._queries.discard)
+            if self._dns not in self._busy:
+                self._close(self._dns)
             self._dns = None
         if self._dns is None:
             self._dns = aiodns.DNSResolver(
@@ -286,12 +299,10 @@ class Resolver:
         self._used += 1
         return self._dns
 
-    async def _retire(self, channel: aiodns.DNSResolver) -> None:
-        """Close a channel once every lookup on it is past its bound (and so answered or given up)."""
-        try:
-            await asyncio.sleep(self._timeout + 1)
-        finally:
-            await channel.close()
+    def _close(self, channel: aiodns.DNSResolver) -> None:
+        closing = asyncio.get_running_loop().create_task(channel.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         """Stop every lookup (their waiters get a `ResolveError`) and close the channels."""
@@ -299,6 +310,7 @@ class Resolver:
         for query in queries:
             query.cancel()
         await asyncio.gather(*queries, return_exceptions=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)
         if self._dns is not None:
             await self._dns.close()
             self._dns = None
