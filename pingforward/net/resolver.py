@@ -43,6 +43,8 @@ MAX_TTL: Final = 300.0
 # bound on its size that pycares lets us set: a flood of random names grew it by about 2 MiB per 1,000.
 # So each channel serves this many lookups, then a fresh one takes over and the old one is closed.
 QUERIES_PER_CHANNEL: Final = 2000
+# c-ares's answers that the name does not exist (NXDOMAIN) or has no address of the kinds asked for.
+NO_SUCH_NAME: Final = frozenset({aiodns.error.ARES_ENOTFOUND, aiodns.error.ARES_ENODATA})
 NEGATIVE_TTL: Final = 10.0  # no such name, or a server failure (not a lookup that timed out)
 
 
@@ -116,7 +118,8 @@ class Resolver:
             future.exception()
         except aiodns.error.DNSError as exc:
             reason = exc.args[1] if len(exc.args) > 1 else str(exc)
-            self._fail(name, future, ResolveError(f"cannot resolve {name}: {reason}"))
+            gone = bool(exc.args) and exc.args[0] in NO_SUCH_NAME
+            self._fail(name, future, ResolveError(f"cannot resolve {name}: {reason}", no_such_name=gone))
         except (UnicodeError, ValueError) as exc:  # a name c-ares cannot even encode
             self._fail(name, future, ResolveError(f"cannot resolve {name}: {exc}"))
         else:
@@ -126,7 +129,7 @@ class Resolver:
                 self._store(name, min(max(ttl, MIN_TTL), MAX_TTL), addresses)
                 future.set_result(addresses)
             else:
-                self._fail(name, future, ResolveError(f"no address for {name}"))
+                self._fail(name, future, ResolveError(f"no address for {name}", no_such_name=True))
         finally:
             del self._pending[name]
             if not future.done():  # the query was cancelled: at shutdown
