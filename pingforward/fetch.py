@@ -10,6 +10,7 @@ https://www.w3.org/TR/webmention/#webmention-verification (§3.2.2: follow redir
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -20,8 +21,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from pingforward.config import Settings
 from pingforward.errors import Failure, OutboundError, Refused, ResolveError
-from pingforward.net.transport import USER_AGENT
+from pingforward.net.transport import LIMITS, USER_AGENT, PolicyTransport
 from pingforward.pingback import Ping, is_http_url
 from pingforward.verify import MAX_PAGE, Missing, Page, Refusal, Unread, judge, junk, read_page
 
@@ -190,9 +192,32 @@ class Checks:
 class Verifier:
     """The checks of one ping before it is forwarded; `verify` answers a `Refusal`, or None to forward it."""
 
-    def __init__(self, pages: Pages, checks: Checks) -> None:
+    def __init__(self, pages: Pages, checks: Checks, own: httpx.AsyncBaseTransport | None = None) -> None:
         self.pages = pages
         self.checks = checks
+        self._own = own  # a transport made for the pages alone, closed with them
+
+    @classmethod
+    def start(
+        cls, settings: Settings, transport: httpx.AsyncBaseTransport, fetch_allowed: FetchAllowed = always
+    ) -> Verifier | None:
+        """The worker's verifier, fetching through its `transport`; None when the settings turn the checks off."""
+        if not settings.spam_checks:
+            return None
+        own = None
+        if settings.allowed_hosts:
+            # PINGFORWARD_ALLOWED_HOSTS names where pings go, not which blogs may ping: pages are read
+            # under every other rule of the policy, on a pool of their own.
+            policy = dataclasses.replace(settings.policy, allowed_hosts=frozenset())
+            transport = own = PolicyTransport(policy, LIMITS, max_per_destination=settings.max_per_host)
+        pages = Pages(transport, fetch_allowed=fetch_allowed, timeout=settings.verify_timeout)
+        checks = Checks(settings.verify_source, settings.copy_share, settings.verify_timeout)
+        return cls(pages, checks, own)
+
+    async def aclose(self) -> None:
+        await self.pages.aclose()
+        if self._own is not None:
+            await self._own.aclose()
 
     async def verify(self, ping: Ping, seconds: float) -> Refusal | None:
         """Check `ping` within `seconds` (and within the checks' own timeout)."""
