@@ -20,8 +20,9 @@ from tests.servers import Receiver, ping, proxy, receiver
 
 ACCEPTED = "Webmention accepted"  # what tests/servers.py's receiver answers on /ok
 # These tests are about the network path of forwards alone, and send the same ping again and again, or
-# hundreds at once from one client: the junk checks (repeats, floods) are off, as for an operator who
-# forwards only for trusted senders. tests/test_windows_e2e.py tests them on their defaults.
+# hundreds at once from one client, from made-up sources: the junk checks (repeats, floods, the source's
+# verification) are off, as for an operator who forwards only for trusted senders. tests/test_windows_e2e.py
+# and tests/test_spam.py test them on their defaults.
 FORWARDING_ONLY = {"PINGFORWARD_SPAM_CHECKS": "off"}
 
 
