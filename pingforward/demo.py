@@ -1,8 +1,9 @@
 """`pingforward demo`: one real pingback through the proxy to a Webmention receiver, all on this machine.
 
 A small server (the blog's post, your post and your receiver) and the proxy run on 127.0.0.1 in this
-process; Python's `xmlrpc.client` sends `pingback.ping` as a blog would, and each step is printed. Nothing leaves the machine: the proxy
-forwards only to the receiver's host and port (the settings it runs with are printed as step 2).
+process; Python's `xmlrpc.client` sends `pingback.ping` as a blog would, and each step is printed.
+Nothing leaves the machine: the proxy forwards only to the receiver's host and port (the settings it
+runs with are printed as step 2).
 """
 
 from __future__ import annotations

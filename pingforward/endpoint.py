@@ -216,6 +216,7 @@ class PingbackEndpoint:
                 request_id=_text(headers.get(b"x-request-id")),
                 agent=_text(headers.get(b"user-agent")),
                 reason=where.hint if outcome.fault is None else outcome.text,
+                refusal=outcome.refusal,
             )
         )
         if outcome.fault is None:
