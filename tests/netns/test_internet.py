@@ -166,3 +166,27 @@ def test_a_kept_alive_connection_closed_at_reuse_does_not_lose_the_ping(base: st
 
     with raw_server(RECEIVER, 8443, once_per_connection):
         assert [ping(base, f"http://{RECEIVER}:8443/wm") for _ in range(6)] == ["ok"] * 6
+
+
+@pytest.fixture(scope="module")
+def checked(zone: Zone) -> Iterator[str]:
+    """The proxy with every setting at its default, the spam checks included."""
+    with proxy({}) as url:
+        yield url
+
+
+def test_sources_whose_names_do_not_exist_are_gone_and_silent_ones_unreachable(
+    checked: str, wm: Receiver, zone: Zone
+) -> None:
+    # The source is read through the same c-ares resolver and address policy as forwards, on the defaults.
+    zone.names["receiver.test"] = Name([[RECEIVER]])
+    zone.names["silent-source.test"] = Name(silent=True)
+    zone.names["inside.test"] = Name([["127.0.0.1"]])
+    before = len(wm.received)
+    code, words = fault(ping(checked, "http://receiver.test/ok", "http://no-such-source.test/post"))
+    assert code == 16 and "cannot resolve no-such-source.test" in words
+    code, words = fault(ping(checked, "http://receiver.test/ok", "http://silent-source.test/post"))
+    assert code == 50 and "try again later" in words
+    code, words = fault(ping(checked, "http://receiver.test/ok", "http://inside.test/post"))
+    assert code == 16 and "loopback address 127.0.0.1 (PINGFORWARD_ALLOW_PRIVATE_NETWORKS)" in words
+    assert len(wm.received) == before  # none of them forwarded
