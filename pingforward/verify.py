@@ -8,6 +8,7 @@ to the target; faults 0x10, 0x11) and https://www.w3.org/TR/webmention/#webmenti
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Iterable
@@ -42,8 +43,9 @@ DEFAULT_COPY_SHARE: Final = 0.5
 # wp-block-post-content); else the first <article>, else the first <main>, else the whole page.
 _CONTENT_CLASSES: Final = frozenset({"e-content", "entry-content", "post-content", "wp-block-post-content"})
 _WORD: Final = re.compile(r"\w+")
-# Each shingle is kept as its hash: about 60 bytes a shingle in a set, the unit of `Page.size`.
-SHINGLE_BYTES: Final = 60
+# Shingles are made only for the copy check, which most junk never reaches; each set holds at most the
+# shingles of this much text (about 40,000, 3 MB).
+MAX_SHINGLED: Final = 256 * 1024
 
 
 class Missing(StrEnum):
@@ -69,9 +71,13 @@ class Page:
     url: str
     links: frozenset[str]  # every href and src, resolved, by `_same_resource`'s key
     text: str | None  # a document that is not HTML: its text, where a link is a URL written out
-    shingles: frozenset[int]  # of all its visible text
-    content: frozenset[int]  # of its main content: what a copy of it would carry
-    size: int  # about the bytes it holds, for the cache's bound
+    visible: str  # all its visible text, for the copy check as a source
+    content: str  # the text of its main content: what a copy of it would carry, as a target
+
+    @property
+    def size(self) -> int:
+        """About the bytes it holds, for the cache's bound (the content is a slice of the rest)."""
+        return sum(len(link) + 50 for link in self.links) + 2 * len(self.visible) + 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,16 @@ def _same_resource(url: str) -> str | None:
 
 
 def shingles(text: str) -> frozenset[int]:
-    """The hashes of every run of SHINGLE consecutive words, case folded (a shorter text: the text's one run)."""
+    """The hashes of every run of SHINGLE consecutive words, case folded (a shorter text: the text's one run).
+
+    Only the first MAX_SHINGLED characters count: a copy carries a target's text near its top, and the
+    sets of the last few texts are kept (one post's 40 pings compare one source with 40 targets).
+    """
+    return _shingles(text[:MAX_SHINGLED])
+
+
+@functools.lru_cache(maxsize=8)
+def _shingles(text: str) -> frozenset[int]:
     found = _WORD.findall(text.lower())
     if len(found) < SHINGLE:
         return frozenset({hash(tuple(found))}) if found else frozenset()
@@ -118,8 +133,7 @@ def read_page(url: str, headers: Headers, body: bytes) -> Page:
     """
     text = decode(headers, body)
     if not is_html(headers):
-        found = shingles(text)
-        return Page(url, frozenset(), text, found, found, len(text) + SHINGLE_BYTES * len(found))
+        return Page(url, frozenset(), text, text, text)
     texts: list[str] = []
     hrefs: list[str] = []
     base = url
@@ -150,15 +164,13 @@ def read_page(url: str, headers: Headers, body: bytes) -> Page:
         open_elements.open(name, None)
     links = frozenset(filter(None, (_same_resource(urljoin(base, href.strip(ASCII_WHITESPACE))) for href in hrefs)))
     visible = _unescaped(texts)
-    everything = shingles(visible)
-    content = everything
+    content = visible
     for kind in ("content", "article", "main"):
         if kind in spans:
             start, end, _ = spans[kind]
-            content = shingles(_unescaped(texts[start:end]))
+            content = _unescaped(texts[start:end])
             break
-    size = sum(len(link) + 50 for link in links) + SHINGLE_BYTES * (len(everything) + len(content))
-    return Page(url, links, None, everything, content, size)
+    return Page(url, links, None, visible, content)
 
 
 def _unescaped(texts: Iterable[str]) -> str:
@@ -179,9 +191,10 @@ def links_to(page: Page, target: str) -> bool:
 def copied_share(source: Page, target: Page) -> float | None:
     """The share of the target's main-content shingles that the source's text contains; None when the
     target has too little text to tell a copy from a quotation."""
-    if len(target.content) < MIN_SHINGLES:
+    theirs = shingles(target.content)
+    if len(theirs) < MIN_SHINGLES:
         return None
-    return len(target.content & source.shingles) / len(target.content)
+    return len(theirs & shingles(source.visible)) / len(theirs)
 
 
 def _host(url: str) -> str:

@@ -120,7 +120,7 @@ def test_links_in_real_world_pages(body: bytes, headers: list[tuple[str, str]], 
 
 def test_latin1_text_is_decoded_by_its_meta() -> None:
     page = read_page(SOURCE, [("Content-Type", "text/html")], pages.latin1_reply(TARGET))
-    assert shingles("même en hiver, écrit Zoë") <= page.shingles
+    assert "même en hiver, écrit Zoë" in page.visible
 
 
 def _target() -> Page:
@@ -168,7 +168,7 @@ def test_a_short_target_is_never_called_copied() -> None:
     ],
 )
 def test_main_content(markup: str, words: str) -> None:
-    assert read_page(TARGET, HTML, markup.encode()).content == shingles(words)
+    assert shingles(read_page(TARGET, HTML, markup.encode()).content) == shingles(words)
 
 
 def test_visible_text_skips_markup_scripts_styles_and_comments() -> None:
