@@ -138,7 +138,7 @@ async def test_a_refused_connection_is_for_now(local_settings: Settings) -> None
 
 async def test_a_hanging_source_is_given_up_in_time(local_settings: Settings, site: Site) -> None:
     stop = threading.Event()
-    site.routes[("GET", "/hang")] = lambda: (stop.wait(5), (200, HTML, b""))[1]  # type: ignore[func-returns-value]
+    site.routes[("GET", "/hang")] = lambda: (stop.wait(5), (200, HTML, b""))[1]
     try:
         async with fetcher(local_settings, timeout=0.3) as pages_:
             result = await pages_.get(site.url("/hang"))
@@ -205,7 +205,7 @@ async def test_the_verifier_gives_up_on_the_target_but_not_the_ping(local_settin
     target = site.url("/slow-target")
     stop = threading.Event()
     site.routes[("GET", "/copy")] = (200, HTML, pages.scraper_copy(target))
-    site.routes[("GET", "/slow-target")] = lambda: (stop.wait(5), (200, HTML, pages.wordpress_post()))[1]  # type: ignore[func-returns-value]
+    site.routes[("GET", "/slow-target")] = lambda: (stop.wait(5), (200, HTML, pages.wordpress_post()))[1]
     try:
         async with fetcher(local_settings) as pages_:
             refusal = await Verifier(pages_, Checks(timeout=0.3)).verify(Ping(site.url("/copy"), target), 5.0)
