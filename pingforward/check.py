@@ -24,13 +24,13 @@ from pingforward.markup import decode, header_values
 from pingforward.net.redirect import next_url
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
 from pingforward.send import read_capped
-from pingforward.verify import COPY_SETTING, MASTER_SETTING, VERIFY_SETTING
+from pingforward.verify import COPY_SETTING, FETCH_BOUND_SETTING, MASTER_SETTING, VERIFY_SETTING
 from pingforward.webmention import discover_webmention, pingback_link, rel_hrefs
 
 MAX_PAGE: Final = 1024 * 1024
 MAX_REDIRECTS: Final = 20  # httpx's own limit, which check followed before
 # The settings that the proxy's spam checks name in their refusals.
-SPAM_SETTINGS: Final = (MASTER_SETTING, VERIFY_SETTING, COPY_SETTING)
+SPAM_SETTINGS: Final = (MASTER_SETTING, VERIFY_SETTING, COPY_SETTING, FETCH_BOUND_SETTING)
 MAX_ANSWER: Final = 64 * 1024
 
 

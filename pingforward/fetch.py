@@ -17,14 +17,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
 from pingforward.config import Settings
 from pingforward.errors import Failure, OutboundError, Refused, ResolveError
+from pingforward.net.redirect import next_url
 from pingforward.net.transport import LIMITS, USER_AGENT, PolicyTransport
-from pingforward.pingback import Ping, is_http_url
+from pingforward.pingback import Ping
 from pingforward.verify import MAX_PAGE, Missing, Page, Refusal, Unread, judge, junk, read_page
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ logger = logging.getLogger(__name__)
 FetchAllowed = Callable[[str], Awaitable[bool]]
 
 MAX_REDIRECTS: Final = 3  # a shortlink to its permalink, and http to https, fit
-# RFC 9110 §15.4: a GET stays a GET across every redirect status.
-REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 # A page read stays this long: a burst of pings naming it (one post's links) is one fetch, and a
 # copy-blog pinging again within a minute is answered without one. What could not be read is kept
 # shorter: a sender that retries later gets a new look.
@@ -143,11 +142,9 @@ class Pages:
                 response = await self._transport.handle_async_request(httpx.Request("GET", url, headers=HEADERS))
                 try:
                     status = response.status_code
-                    location = response.headers.get("location")
-                    if status in REDIRECTS and location is not None:
-                        url = urljoin(url, location.strip())
-                        if not is_http_url(url):
-                            return Unread(Missing.GONE, f"{host} redirected to what is not an http(s) URL")
+                    following = next_url("GET", status, url, response.headers.get("location"))
+                    if following is not None:
+                        url = following
                         continue
                     if status >= 500 or status in (408, 429):  # RFC 9110 §15.6: the server's trouble, for now
                         return Unread(Missing.UNREACHABLE, f"HTTP {status} from {host}")

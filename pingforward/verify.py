@@ -24,6 +24,7 @@ from pingforward.pingback import FaultCode, Ping, is_http_url
 VERIFY_SETTING: Final = "PINGFORWARD_VERIFY_SOURCE"
 COPY_SETTING: Final = "PINGFORWARD_COPY_SHARE"
 MASTER_SETTING: Final = "PINGFORWARD_SPAM_CHECKS"
+FETCH_BOUND_SETTING: Final = "PINGFORWARD_FETCH_BOUND"  # the reflector's bound, kept by windows.py
 
 # Read of a fetched page. WordPress reads 150 KB; theme-heavy pages carry a post's links deeper.
 MAX_PAGE: Final = 1024 * 1024
@@ -226,11 +227,12 @@ def judge(ping: Ping, source: Page | Unread, target: Page | Unread | None, copy_
             )
         # Pingback 1.0's 0x0032, "could not communicate with an upstream server": a sender retries it
         # (WordPress pings again on the next update after any fault but 48).
-        name = "fetch_bound" if source.missing is Missing.BOUND else "source_unreachable"
+        bound = source.missing is Missing.BOUND
         return Refusal(
             FaultCode.UPSTREAM_ERROR,
-            f"The source URI could not be checked now: {source.reason}; try again later ({VERIFY_SETTING}).",
-            name,
+            f"The source URI could not be checked now: {source.reason}; try again later "
+            f"({FETCH_BOUND_SETTING if bound else VERIFY_SETTING}).",
+            "fetch_bound" if bound else "source_unreachable",
         )
     if not links_to(source, ping.target):
         return Refusal(
