@@ -746,7 +746,7 @@ def spam_rows(checks: dict[str, Any], rate: int) -> list[Row]:
             f">= {GOAL_SPAM_DELIVERED:.0%} and <= {GOAL_SPAM_P99_S} s: "
             + verdict(worst_delivered >= GOAL_SPAM_DELIVERED and worst_p99 <= GOAL_SPAM_P99_S and junk == 0),
         ),
-        ("  answers by kind, all runs", answered, "", ""),
+        ("  answers by kind, all runs", "", "", answered),
     ]
 
 
