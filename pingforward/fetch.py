@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -97,6 +98,7 @@ class Pages:
             task = asyncio.get_running_loop().create_task(self._run(url, pending))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(_cancel_unless_done, pending))  # a fetch cancelled at shutdown
         return await asyncio.shield(pending)
 
     async def _run(self, url: str, future: asyncio.Future[Page | Unread]) -> None:
@@ -171,6 +173,11 @@ class Pages:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _cancel_unless_done(future: asyncio.Future[Page | Unread], task: asyncio.Task[None]) -> None:
+    if not future.done():
+        future.cancel()
 
 
 def _host(url: str) -> str:

@@ -212,3 +212,17 @@ async def test_the_verifier_gives_up_on_the_target_but_not_the_ping(local_settin
     finally:
         stop.set()
     assert refusal is None  # no target text in time: no copy check, and the link is there
+
+
+async def test_pings_waiting_for_a_fetch_are_not_left_hanging_at_shutdown(local_settings: Settings, site: Site) -> None:
+    stop = threading.Event()
+    site.routes[("GET", "/hang")] = lambda: (stop.wait(5), (200, HTML, b""))[1]
+    try:
+        async with fetcher(local_settings) as pages_:
+            waiting = asyncio.ensure_future(pages_.get(site.url("/hang")))
+            await asyncio.sleep(0.1)
+            await pages_.aclose()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(waiting, 2)
+    finally:
+        stop.set()
