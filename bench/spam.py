@@ -52,6 +52,11 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, d
     return f"fault {code.decode()}"
 
 
+def honest(args: argparse.Namespace, n: int) -> str:
+    """The n-th honest post, on one of the honest blogs' hosts in turn."""
+    return f"http://127.0.1.{n % args.honest_hosts + 1}:{args.honest_port}/honest/{n}"
+
+
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
@@ -70,7 +75,7 @@ async def closed(args: argparse.Namespace) -> dict[str, float]:
         reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
         try:
             while time.perf_counter() < deadline:
-                source = f"{args.honest}/honest/{args.offset if args.same else args.offset + next(counter)}"
+                source = honest(args, args.offset if args.same else args.offset + next(counter))
                 data = request(args.port, args.path, source, args.target, f"198.51.100.{n % 250}", False)
                 started = time.perf_counter()
                 kind = await exchange(reader, writer, data)
@@ -102,7 +107,7 @@ async def mix(args: argparse.Namespace) -> dict[str, object]:
         nonlocal honest_sent
         i += args.offset
         source = {
-            "honest": f"{args.honest}/honest/{i}",
+            "honest": honest(args, i // 10),  # honest pings are every tenth: spread over the hosts in turn
             "nolink": f"{args.junk}/nolink/{i}",
             "gone": f"{args.junk}/gone/{i}",
             "copy": f"{args.junk}/copy/{i}",
@@ -111,7 +116,7 @@ async def mix(args: argparse.Namespace) -> dict[str, object]:
             "self": args.target,
         }[kind]
         # Honest pings come from many blogs, junk from a few flooding clients.
-        client = f"198.51.100.{i % 250}" if kind == "honest" else f"203.0.113.{i % 4}"
+        client = f"198.51.100.{i // 10 % 250}" if kind == "honest" else f"203.0.113.{i % 4}"
         started = time.perf_counter()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
@@ -154,7 +159,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True, help="the proxy's")
     parser.add_argument("--path", required=True, help="/?forward=... to the sink")
     parser.add_argument("--target", required=True)
-    parser.add_argument("--honest", required=True, help="base URL of the honest blogs")
+    parser.add_argument("--honest-port", type=int, required=True, help="the honest blogs' port (web.py)")
+    parser.add_argument("--honest-hosts", type=int, default=50, help="honest blogs: 127.0.1.1 and on")
     parser.add_argument("--junk", required=True, help="base URL of the junk sources")
     parser.add_argument("--closed-port", type=int, default=9, help="a port where nothing listens, on 127.0.0.3")
     parser.add_argument("--connections", type=int, default=64)

@@ -1,8 +1,8 @@
 """The web the spam checks read, for the benchmark: the site owner's post, honest blogs, and junk sources.
 
-Three listeners on three loopback addresses, so that each is a destination of its own for the proxy:
-127.0.0.1 serves the target post (a WordPress theme's page), 127.0.0.2 honest replies that link to it
-(/honest/N, any N), 127.0.0.3 the junk: /nolink/N, /gone/N (404), /copy/N (a scraper's copy of the
+Listeners on loopback addresses, so that each is a destination of its own for the proxy:
+127.0.0.1 serves the target post (a WordPress theme's page), 127.0.1.1 to 127.0.1.50 honest replies that
+link to it (/honest/N, any N), 127.0.0.3 the junk: /nolink/N, /gone/N (404), /copy/N (a scraper's copy of the
 target) and /hang/N (answers after 5 s). A raw asyncio protocol on uvloop, like sink.py, so that the
 pages are never what limits the proxy. Prints one line with the three ports once it listens.
 """
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import pages  # noqa: E402
 
 HANG_SECONDS = 5.0
+HONEST_HOSTS = 50  # honest blogs, each a host of its own: the windows count pings per source host
 
 
 def answer(status: bytes, body: bytes) -> bytes:
@@ -66,9 +67,10 @@ NOT_FOUND = answer(b"404 Not Found", b"<p>Not found</p>")
 async def serve(ports: tuple[int, int, int]) -> None:
     loop = asyncio.get_running_loop()
     target = f"http://127.0.0.1:{ports[0]}/target"
+    honest = {"honest": answer(b"200 OK", pages.block_theme_reply(target))}
     sites = [
         ("127.0.0.1", {"target": answer(b"200 OK", pages.wordpress_post())}),
-        ("127.0.0.2", {"honest": answer(b"200 OK", pages.block_theme_reply(target))}),
+        *((f"127.0.1.{n}", honest) for n in range(1, HONEST_HOSTS + 1)),
         (
             "127.0.0.3",
             {
@@ -78,9 +80,11 @@ async def serve(ports: tuple[int, int, int]) -> None:
             },
         ),
     ]
+    # The honest blogs share one port, each on its own address.
+    port_of = {"127.0.0.1": ports[0], "127.0.0.3": ports[2]}
     servers = [
-        await loop.create_server(lambda routes=routes: Web(routes), host, port, backlog=4096)  # type: ignore[misc]
-        for (host, routes), port in zip(sites, ports, strict=True)
+        await loop.create_server(lambda routes=routes: Web(routes), host, port_of.get(host, ports[1]), backlog=4096)  # type: ignore[misc]
+        for host, routes in sites
     ]
     print(f"web listening on {ports}", flush=True)
     await asyncio.gather(*(server.serve_forever() for server in servers))

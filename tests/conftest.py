@@ -67,9 +67,10 @@ def respx_mock(request: pytest.FixtureRequest) -> Iterator[respx.MockRouter]:
 
 @pytest.fixture
 def settings() -> Settings:
-    # The app tests through ASGI are about the endpoint and forwarding alone, with outbound HTTP mocked:
-    # the spam checks, which would fetch each ping's source, are off here and tested in test_spam.py.
-    return Settings(timeout=2.0, spam_checks=False)
+    # The app tests through ASGI mock outbound HTTP (respx): reading each ping's made-up source, which
+    # the mocks do not serve, is off here and tested against real pages in test_spam.py; the windows
+    # (repeats, floods), which fetch nothing, stay on.
+    return Settings(timeout=2.0, verify_source=False)
 
 
 @pytest.fixture

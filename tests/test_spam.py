@@ -55,6 +55,7 @@ def blog(owner: Site) -> Iterator[Site]:
     target = owner.url(POST)
     with serve_site("127.0.0.2") as site:
         site.routes[("GET", "/reply/")] = (200, HTML, pages.block_theme_reply(target))
+        site.routes[("GET", "/quote/")] = (200, HTML, pages.block_theme_reply(target))
         site.routes[("GET", "/no-link/")] = (200, HTML, pages.block_theme_reply(target, link=False))
         # Latin-1, declared only by the page's <meta>.
         site.routes[("GET", "/latin1/")] = (200, [("Content-Type", "text/html")], pages.latin1_reply(target))
@@ -168,15 +169,20 @@ def test_a_source_that_is_no_http_url_is_still_fault_16(proxy: Process, owner: S
 
 
 def test_a_quoted_paragraph_is_no_copy(proxy: Process, owner: Site, blog: Site, wm: Receiver) -> None:
-    # /reply/ quotes one of the post's six paragraphs in a <blockquote>; the copy-blog carries all six.
-    assert ping(proxy.base, wm.url + "/ok", blog.url("/reply/"), owner.url(POST)) == "Webmention accepted"
+    # /quote/ quotes one of the post's six paragraphs in a <blockquote>; the copy-blog carries all six.
+    assert ping(proxy.base, wm.url + "/ok", blog.url("/quote/"), owner.url(POST)) == "Webmention accepted"
 
 
 def test_forty_links_of_one_post_are_forty_pings_and_one_fetch(
-    proxy: Process, owner: Site, blog: Site, wm: Receiver
+    owner: Site, blog: Site, wm: Receiver, tmp_path: Path
 ) -> None:
+    # A proxy of its own, whose windows and page cache have seen nothing else.
     source = blog.url("/forty/")
-    with ThreadPoolExecutor(BURST) as pool:
+    port = free_port()
+    with (
+        _running(procfile_command(port), port, LOCAL_ENV, tmp_path / "proxy.log") as proxy,
+        ThreadPoolExecutor(BURST) as pool,
+    ):
         answers = list(
             pool.map(lambda n: ping(proxy.base, wm.url + "/ok", source, owner.url(f"/notes/{n}/")), range(BURST))
         )
