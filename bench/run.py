@@ -71,6 +71,9 @@ GOAL_TWO_HUNG_P99_S = 0.5  # honest pings while two receivers hang with 1,000 pi
 GOAL_BLIP_FAULTS = 5  # pings a 0.3 s DNS failure may cost a name already known ("a handful")
 GOAL_BUSY_CONNECTIONS = 10  # new connections for 200 pings, 4 at a time, while 110 other origins are idle
 GOAL_MANY_RSS_MIB = 150.0  # after 500 names of 4,090 addresses each
+# Issue 17's goals: honest pings in a spam mix.
+GOAL_SPAM_DELIVERED = 0.99
+GOAL_SPAM_P99_S = 2.5
 
 
 @dataclass
@@ -263,7 +266,7 @@ def median(rounds: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rounds)
 
 
-SCENARIOS = ("load", "burst", "cold", "https", "edges", "inbound")
+SCENARIOS = ("load", "burst", "cold", "https", "edges", "inbound", "spam")
 
 
 def run(bench: Bench) -> dict[str, object]:
@@ -289,6 +292,8 @@ def run(bench: Bench) -> dict[str, object]:
             results["cold_ms"] = [cold_start(bench, path) for _ in range(args.rounds)]
         if "https" in args.only:
             results["https"] = https(bench, path)
+        if "spam" in args.only:
+            results["spam"] = spam(bench, path)
     if "edges" in args.only:
         results["edges"] = edges(bench)
     if "inbound" in args.only:
@@ -348,6 +353,105 @@ def https(bench: Bench, path: str) -> list[dict[str, float]]:
                 }
             )
     return rounds
+
+
+def spam_driver(
+    bench: Bench, mode: str, port: int, path: str, web: tuple[str, str, str], *extra: str
+) -> dict[str, Any]:
+    target, honest_port, junk = web
+    command = [
+        PYTHON, str(BENCH / "spam.py"), mode, "--port", str(port), "--path", path,
+        "--target", target, "--honest-port", honest_port, "--junk", junk, "--closed-port", str(free_port()), *extra,
+    ]  # fmt: skip
+    out = subprocess.run(bench.pinned(command, bench.load_core), capture_output=True, text=True, timeout=120)
+    if out.returncode:
+        sys.exit(f"bench: bench/spam.py failed: {out.stderr.strip()}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def spam(bench: Bench, path: str) -> dict[str, object]:
+    """Verified honest pings against unverified forwarding (the spam checks off), both proxies started
+    side by side and taking turns, then a spam mix against a third on every check's default."""
+    ports = (free_port(), free_port(), free_port())
+    web = (f"http://127.0.0.1:{ports[0]}/target", str(ports[1]), f"http://127.0.0.3:{ports[2]}")
+    checked_port, unchecked_port, defaults_port = free_port(), free_port(), free_port()
+    defaults_env = {k: v for k, v in bench.env.items() if k != "PINGFORWARD_SPAM_CHECKS"}  # every check's default
+    # Reading sources against forwarding alone: the windows off, which would count the driver's pings
+    # (at most 60 a minute per client and per source host) and are measured in the mix.
+    windows_off = ("REPEAT_WINDOW", "FLOOD_CLIENT", "FLOOD_SOURCE", "FETCH_BOUND")
+    checked_env = {**defaults_env, **{f"PINGFORWARD_{name}": "off" for name in windows_off}}
+    command = [PYTHON, str(BENCH / "web.py"), "--ports", *map(str, ports)]
+    seconds = str(bench.args.seconds)
+    rounds: list[dict[str, float]] = []
+    mixes: list[dict[str, Any]] = []  # on every check's default: the windows answer most junk 429
+    read_all: list[dict[str, Any]] = []  # the windows off: every junk ping's source is read
+    with (
+        started(bench, "web", command, bench.load_core, ports[0]),
+        started(
+            bench,
+            "proxy-checked",
+            procfile_command(checked_port, bench.args.app, bench.args.uvicorn),
+            bench.proxy_core,
+            checked_port,
+            checked_env,
+        ) as cpid,
+        started(
+            bench,
+            "proxy-unchecked",
+            procfile_command(unchecked_port, bench.args.app, bench.args.uvicorn),
+            bench.proxy_core,
+            unchecked_port,
+        ) as upid,
+        started(
+            bench,
+            "proxy-defaults",
+            procfile_command(defaults_port, bench.args.app, bench.args.uvicorn),
+            bench.proxy_core,
+            defaults_port,
+            defaults_env,
+        ),
+    ):
+        for port in (checked_port, unchecked_port):  # warm: connections, the target page in the cache
+            spam_driver(bench, "closed", port, path, web, "--seconds", "1", "--offset", "900000000")
+        for i in range(bench.args.rounds):
+            progress(f"spam round {i + 1} of {bench.args.rounds}: unverified, verified (new, cached), c=1, mix")
+            offset = str((i + 1) * 10_000_000)
+            off = cpu_run(bench, upid, "closed", unchecked_port, path, web, "--seconds", seconds, "--offset", offset)
+            new = cpu_run(bench, cpid, "closed", checked_port, path, web, "--seconds", seconds, "--offset", offset)
+            cached = spam_driver(bench, "closed", checked_port, path, web, "--seconds", seconds, "--same")
+            one = ("--connections", "1", "--seconds", seconds, "--offset", str(int(offset) + 5_000_000))
+            off1 = spam_driver(bench, "closed", unchecked_port, path, web, *one)
+            new1 = spam_driver(bench, "closed", checked_port, path, web, *one)
+            rounds.append(
+                {
+                    "off_rate": off["rate"],
+                    "new_rate": new["rate"],
+                    "cached_rate": cached["rate"],
+                    "new_ratio": new["rate"] / off["rate"],
+                    "cached_ratio": cached["rate"] / off["rate"],
+                    "off_cpu_us": off["cpu_us"],
+                    "new_cpu_us": new["cpu_us"],
+                    "off_p50_ms": off1["p50_ms"],
+                    "new_p50_ms": new1["p50_ms"],
+                    "added_p50_ms": new1["p50_ms"] - off1["p50_ms"],
+                    "latency_ratio": new1["p50_ms"] / off1["p50_ms"],
+                    "bad": off["bad"] + new["bad"] + cached["bad"] + off1["bad"] + new1["bad"],
+                }
+            )
+            for port, into, offset_in_round in ((defaults_port, mixes, 8), (checked_port, read_all, 9)):
+                mix = ("--rate", str(bench.args.spam_rate), "--seconds", str(max(bench.args.seconds, 5)))
+                offset = str((i + 1) * 10_000_000 + offset_in_round * 1_000_000)
+                into.append(spam_driver(bench, "mix", port, path, web, *mix, "--offset", offset))
+    return {"rounds": rounds, "mixes": mixes, "read_all": read_all}
+
+
+def cpu_run(bench: Bench, pid: int, *args: Any) -> dict[str, Any]:
+    """spam_driver, plus the CPU time `pid` spent per delivered ping, in µs."""
+    before = cpu_seconds(pid)
+    result = spam_driver(bench, *args)
+    result["cpu_us"] = (cpu_seconds(pid) - before) / max(result["good"], 1) * 1e6
+    return result
 
 
 def edges(bench: Bench) -> dict[str, object]:
@@ -658,6 +762,52 @@ def round_two_rows(edge: dict[str, Any]) -> list[Row]:
             )
         )
     return rows
+def spam_rows(checks: dict[str, Any], rate: int) -> list[Row]:
+    rounds = checks["rounds"]
+
+    def m(key: str) -> float:
+        return median(rounds, key)
+
+    return [
+        ("spam checks off: honest pings forwarded, c=64 (bench/spam.py)", f"{m('off_rate'):,.0f}/s", "1.00", ""),
+        ("  verified, every source new (a GET each)", f"{m('new_rate'):,.0f}/s", f"{m('new_ratio'):.3f}x off", ""),
+        ("  verified, the source in the page cache", f"{m('cached_rate'):,.0f}/s", f"{m('cached_ratio'):.3f}x off", ""),
+        ("  CPU per ping, verified (new) / off", f"{m('new_cpu_us'):,.0f} / {m('off_cpu_us'):,.0f} µs", "", ""),
+        (
+            "  latency p50 at c=1, verified (new) / off",
+            f"{m('new_p50_ms'):.2f} / {m('off_p50_ms'):.2f} ms",
+            f"+{m('added_p50_ms'):.2f} ms, {m('latency_ratio'):.2f}x",
+            f"wrong answers: {sum(r['bad'] for r in rounds)}",
+        ),
+        *mix_rows(checks["mixes"], f"spam mix: {rate}/s, 90% junk, every check's default"),
+        *mix_rows(checks["read_all"], f"spam mix: {rate}/s, 90% junk, windows off (every source read)"),
+    ]
+
+
+def mix_rows(mixes: list[dict[str, Any]], title: str) -> list[Row]:
+    delivered = [mix["honest_delivered"] / max(mix["honest_sent"], 1) for mix in mixes]
+    p99 = [mix["honest_p99_ms"] / 1000 for mix in mixes]
+    worst_delivered, worst_p99 = min(delivered), max(p99)
+    junk = sum(mix["junk_delivered"] for mix in mixes)
+    kinds: dict[str, dict[str, int]] = {}
+    for mix in mixes:
+        for kind, counts in mix["kinds"].items():
+            for answer, count in counts.items():
+                kinds.setdefault(kind, {})[answer] = kinds.get(kind, {}).get(answer, 0) + count
+    answered = "; ".join(
+        f"{kind} " + ", ".join(f"{answer} x{count}" for answer, count in sorted(counts.items()))
+        for kind, counts in sorted(kinds.items())
+    )
+    return [
+        (
+            f"{title}: honest, worst of {len(mixes)} runs",
+            f"{worst_delivered:.1%} delivered",
+            f"p99 {worst_p99:.2f} s; junk forwarded: {junk}",
+            f">= {GOAL_SPAM_DELIVERED:.0%} and <= {GOAL_SPAM_P99_S} s: "
+            + verdict(worst_delivered >= GOAL_SPAM_DELIVERED and worst_p99 <= GOAL_SPAM_P99_S and junk == 0),
+        ),
+        ("  answers by kind, all runs", "", "", answered),
+    ]
 
 
 def report(bench: Bench, results: dict[str, object]) -> str:
@@ -688,6 +838,9 @@ def report(bench: Bench, results: dict[str, object]) -> str:
         from inbound import inbound_rows
 
         rows += inbound_rows(inbound_result)
+    checks = results.get("spam")
+    if isinstance(checks, dict) and checks:
+        rows += spam_rows(checks, bench.args.spam_rate)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     header = f"app {bench.args.app}: medians of {bench.args.rounds} rounds of {bench.args.seconds} s"
     header += " (a ratio is the median of the rounds' ratios)"
@@ -723,7 +876,8 @@ def setup(args: argparse.Namespace, tmp: Path) -> Bench:
 
     # The sinks live on 127.0.0.1 at random ports: only what loopback needs, every other setting its default.
     # The junk checks off: these scenarios measure the forwarding path, and wrk sends one ping again and
-    # again from one client, which the checks answer as a repeat and a flood without forwarding it.
+    # again from one client, from a made-up source, which the checks answer as a repeat, a flood or a source
+    # that cannot be read, without forwarding it. The "spam" scenario measures the checks against this.
     opened = {"allow_private_networks": "true", "allowed_ports": "*", "spam_checks": "off"}
     for name, value in opened.items():
         if name in Settings.__dataclass_fields__:
@@ -743,6 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", choices=SCENARIOS, help="run only this scenario (repeatable; default all)"
     )
+    parser.add_argument("--spam-rate", type=int, default=400, help="pings a second in the spam mix (default 400)")
     parser.add_argument(
         "--app", default=PROXY_APP, help=f"uvicorn factory to measure as the proxy (default {PROXY_APP})"
     )

@@ -18,6 +18,7 @@ from pingforward import watchdog
 from pingforward.config import Settings
 from pingforward.endpoint import PINGBACK_PATHS, PingbackEndpoint, State
 from pingforward.errors import ConfigError
+from pingforward.fetch import Verifier
 from pingforward.forwarded import ForwardedMiddleware
 from pingforward.net.transport import make_client, make_transport
 from pingforward.pinglog import configure_logging
@@ -54,9 +55,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             async with transport, make_client(settings) as client:  # the client's own pool, for POST /send
                 windows = Windows(settings)
+                verifier = Verifier.start(settings, transport, windows.fetch_allowed)
                 try:
-                    yield {"client": client, "transport": transport, "windows": windows}
+                    yield {"client": client, "transport": transport, "windows": windows, "verifier": verifier}
                 finally:
+                    if verifier is not None:
+                        await verifier.aclose()
                     await windows.close()
         finally:
             gc.unfreeze()  # the process may go on (tests, an embedding server) and expect a normal gc

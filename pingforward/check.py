@@ -24,10 +24,13 @@ from pingforward.markup import decode, header_values
 from pingforward.net.redirect import next_url
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
 from pingforward.send import read_capped
+from pingforward.verify import COPY_SETTING, FETCH_BOUND_SETTING, MASTER_SETTING, VERIFY_SETTING
 from pingforward.webmention import discover_webmention, pingback_link, rel_hrefs
 
 MAX_PAGE: Final = 1024 * 1024
 MAX_REDIRECTS: Final = 20  # httpx's own limit, which check followed before
+# The settings that the proxy's spam checks name in their refusals.
+SPAM_SETTINGS: Final = (MASTER_SETTING, VERIFY_SETTING, COPY_SETTING, FETCH_BOUND_SETTING)
 MAX_ANSWER: Final = 64 * 1024
 
 
@@ -191,6 +194,11 @@ def _forward(page: Page, endpoint: str, report: _Report) -> None:
         report.add(Verdict.FAIL, f"{exc}: the forward value must be an absolute http(s) URL, percent-encoded")
         return
     report.add(Verdict.OK, f"forwards to {forward}")
+    report.add(
+        Verdict.INFO,
+        "the proxy forwards a ping only after reading its source: a source that does not exist, does not link "
+        "to this page, or copies most of this page's text is refused, not forwarded (its spam checks)",
+    )
     others = sorted(name for name in names if name != "forward")
     if others:
         report.add(
@@ -231,6 +239,15 @@ def judge_ping(status: int, body: bytes) -> Finding:
     try:
         text = parse_response(body)
     except Fault as fault:
+        if any(setting in fault.message for setting in SPAM_SETTINGS):
+            # The proxy's own spam checks refused it (their refusals name their setting): the proxy works,
+            # and would forward a ping from a page that links here.
+            return Finding(
+                Verdict.WARN,
+                f"test ping: refused by the proxy's spam checks: fault {int(fault.code)} {fault.message} "
+                "(the proxy forwards only pings whose source page links to this page: send one with "
+                "--source URL of such a page)",
+            )
         proxy = fault.code in _PROXY_PROBLEMS or "'forward'" in fault.message
         verdict = Verdict.FAIL if proxy else Verdict.OK
         who = "" if proxy else " (from your Webmention endpoint: the proxy works)"

@@ -24,6 +24,11 @@ DEFAULT_FLOOD_CLIENT: Final = "60/minute;600/hour"
 DEFAULT_FLOOD_SOURCE: Final = "60/minute;600/hour"
 DEFAULT_FETCH_BOUND: Final = "60/minute;600/hour"
 STATE_SCHEMES: Final = ("redis", "rediss", "unix")
+# The copy check's threshold (verify.py explains the measure) and the time a ping's checks may take:
+# a source and a receiver answering within a second each leave the ping answered well within the 3 s
+# WordPress waits.
+DEFAULT_COPY_SHARE: Final = 0.5
+DEFAULT_VERIFY_TIMEOUT: Final = 1.5
 T = TypeVar("T")
 
 
@@ -39,6 +44,15 @@ def _bool(raw: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(raw)
+
+
+def _share(raw: str) -> float | None:
+    if raw.lower() in ("off", "false", "no"):
+        return None
+    value = float(raw.removesuffix("%")) / (100 if raw.endswith("%") else 1)
+    if not 0 < value <= 1:
+        raise ValueError(raw)
+    return value
 
 
 def _ports(raw: str) -> frozenset[int] | None:
@@ -104,6 +118,11 @@ class Settings:
     fetch_bound: str = DEFAULT_FETCH_BOUND  # verification GETs per destination host
     # Redis for the windows, shared by every worker that names it; None: each worker's own memory.
     state_url: str | None = field(default=None, repr=False)  # may carry a password
+    # Under the master switch: fetch the source and refuse it unless it links to the target; refuse a
+    # source carrying this share of the target's text (None: no copy check); the time both fetches get.
+    verify_source: bool = True
+    copy_share: float | None = DEFAULT_COPY_SHARE
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     send_token: str | None = field(default=None, repr=False)  # POST /send is off without it
 
     @property
@@ -135,6 +154,7 @@ class Settings:
             return True
 
         default_ports: frozenset[int] | None = DEFAULT_PORTS
+        default_share: float | None = DEFAULT_COPY_SHARE
 
         return cls(
             timeout=read("timeout", float, DEFAULT_TIMEOUT, lambda v: 0 < v <= 300, "must be seconds, > 0 and <= 300"),
@@ -171,6 +191,13 @@ class Settings:
             flood_source=read("flood_source", _windows, DEFAULT_FLOOD_SOURCE, anything, WINDOWS_RULE),
             fetch_bound=read("fetch_bound", _windows, DEFAULT_FETCH_BOUND, anything, WINDOWS_RULE),
             state_url=_state(environ),
+            verify_source=read("verify_source", _bool, True, anything, "must be on or off"),
+            copy_share=read(
+                "copy_share", _share, default_share, anything, "must be a share above 0 and at most 1, or off"
+            ),
+            verify_timeout=read(
+                "verify_timeout", float, DEFAULT_VERIFY_TIMEOUT, lambda v: 0 < v <= 60, "must be seconds, > 0 and <= 60"
+            ),
             send_token=_send_token(environ),
         )
 

@@ -1,8 +1,9 @@
 """`pingforward demo`: one real pingback through the proxy to a Webmention receiver, all on this machine.
 
-A small receiver and the proxy run on 127.0.0.1 in this process; Python's `xmlrpc.client` sends
-`pingback.ping` as a blog would, and each step is printed. Nothing leaves the machine: the proxy
-forwards only to the receiver's host and port (the settings it runs with are printed as step 2).
+A small server (the blog's post, your post and your receiver) and the proxy run on 127.0.0.1 in this
+process; Python's `xmlrpc.client` sends `pingback.ping` as a blog would, and each step is printed.
+Nothing leaves the machine: the proxy forwards only to the receiver's host and port (the settings it
+runs with are printed as step 2).
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ import uvicorn
 from pingforward.config import PREFIX, Settings
 
 LOCALHOST: Final = "127.0.0.1"
-SOURCE: Final = "https://blog.example/2024/05/a-reply"  # the sender's post; the proxy does not fetch it
-TARGET: Final = "https://your.site/2024/05/a-post"  # your post it links to
+# The demo's one small server plays the blog (its post, the ping's source), your site (your post, the
+# target) and your Webmention receiver. The proxy reads the source before it forwards: it must link.
+SOURCE_PATH: Final = "/blog/2024/05/a-reply"
+TARGET_PATH: Final = "/your-site/2024/05/a-post"
+PAGES: Final = {
+    TARGET_PATH: "<!doctype html><title>A post</title><article><p>Your post.</p></article>",
+    SOURCE_PATH: '<!doctype html><title>A reply</title><article><p>A reply to <a href="{target}">a post</a>.</p>'
+    "</article>",
+}
 
 
 class _Receiver(ThreadingHTTPServer):
@@ -32,9 +40,19 @@ class _Receiver(ThreadingHTTPServer):
 
 
 class _Webmention(BaseHTTPRequestHandler):
-    """Accepts every Webmention as webmention.io does: 202 and a JSON `result`."""
+    """Accepts every Webmention as webmention.io does: 202 and a JSON `result`; serves the two posts."""
 
     server: _Receiver
+
+    def do_GET(self) -> None:
+        page = PAGES.get(self.path)
+        target = f"http://{LOCALHOST}:{self.server.server_address[1]}{TARGET_PATH}"
+        body = (page or "not found").format(target=target).encode()
+        self.send_response(200 if page else 404)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -98,7 +116,8 @@ def local_settings(receiver_port: int) -> dict[str, str]:
 def run(out: TextIO, port: int = 0) -> int:
     """Start a receiver and the proxy, send one pingback through, print each step; 0 if it arrived."""
     with _receiver() as receiver:
-        endpoint = f"http://{LOCALHOST}:{receiver.server_address[1]}/webmention"
+        here = f"http://{LOCALHOST}:{receiver.server_address[1]}"
+        endpoint, source, target = here + "/webmention", here + SOURCE_PATH, here + TARGET_PATH
         print(f"1. A Webmention receiver (your site's endpoint) listens at {endpoint}", file=out)
         environ = local_settings(receiver.server_address[1])
         settings = Settings.from_environ(environ)
@@ -107,11 +126,15 @@ def run(out: TextIO, port: int = 0) -> int:
             print(f"2. pingforward listens at {base}/ with {shown}", file=out)
             pingback_url = f"{base}/?forward={quote(endpoint, safe='')}"
             print(f'3. Your post would advertise it: <link rel="pingback" href="{pingback_url}">', file=out)
-            print(f"4. A blog sends pingback.ping({SOURCE!r}, {TARGET!r}) to it with xmlrpc.client", file=out)
+            print(
+                f"4. A blog sends pingback.ping({source!r}, {target!r}) to it with xmlrpc.client; the proxy "
+                "reads the source and forwards the ping because the source links to the target",
+                file=out,
+            )
             out.flush()  # the proxy's own log line for the ping comes next, on stdout
             with xmlrpc.client.ServerProxy(pingback_url) as proxy:
                 try:
-                    answer = f"success: {proxy.pingback.ping(SOURCE, TARGET)!r}"
+                    answer = f"success: {proxy.pingback.ping(source, target)!r}"
                 except xmlrpc.client.Fault as fault:
                     answer = f"fault {fault.faultCode}: {fault.faultString!r}"
         for form in receiver.received:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pingforward.config import Settings
 from pingforward.errors import ForwardError, Refused
+from pingforward.fetch import Verifier
 from pingforward.forward import HOW_TO_WRITE, MAX_FORWARD_URL, Outcome, forward, parse_forward, written_unencoded
 from pingforward.net.policy import SCHEME_PORTS, Policy
 from pingforward.net.transport import VIA
@@ -48,6 +49,7 @@ class State(TypedDict):
     client: httpx.AsyncClient  # for POST /send
     transport: httpx.AsyncBaseTransport  # the client's own, for forwarding pings
     windows: Windows  # repeats, floods and verification fetches
+    verifier: Verifier | None  # the spam checks (None: PINGFORWARD_SPAM_CHECKS=off)
 
 
 # An answer of the pingback endpoint: HTTP status, header fields (besides Content-Length), body.
@@ -215,6 +217,7 @@ class PingbackEndpoint:
                 agent=_text(headers.get(b"user-agent")),
                 reason=where.hint if outcome.fault is None else outcome.text,
                 retried=outcome.retried,
+                refusal=outcome.refusal,
             )
         )
         if outcome.fault is None:
@@ -239,10 +242,16 @@ class PingbackEndpoint:
             return refused
         delivered = False
         try:
+            timeout = self.settings.timeout
+            if (verifier := state["verifier"]) is not None:
+                # Inside the ping's deadline: the checks get at most half of it, the forward the rest.
+                started = time.perf_counter()
+                refusal = await verifier.verify(ping, timeout / 2)
+                if refusal is not None:
+                    return Outcome(refusal.text, refusal.code, refusal=refusal.name)
+                timeout -= time.perf_counter() - started
             # The transport shares its connections fairly between destinations (pool.Slots).
-            outcome = await forward(
-                state["transport"], ping, where.url, client_ip=client_ip, timeout=self.settings.timeout
-            )
+            outcome = await forward(state["transport"], ping, where.url, client_ip=client_ip, timeout=timeout)
             delivered = outcome.fault is None
             return outcome
         finally:  # whatever happened, so that a ping not delivered may be sent again

@@ -82,9 +82,17 @@ class Refused(OutboundError):
 
 
 class ResolveError(OutboundError):
-    """A name could not be resolved; the message says why, in words for the ping's fault string."""
+    """A name could not be resolved; the message says why, in words for the ping's fault string.
+
+    `no_such_name`: the DNS answered that the name does not exist or has no address, as opposed to a
+    lookup that failed for now (no answer in time, a server failure).
+    """
 
     failure = Failure.DNS
+
+    def __init__(self, reason: str, failure: Failure | None = None, *, no_such_name: bool = False) -> None:
+        super().__init__(reason, failure)
+        self.no_such_name = no_such_name
 
 
 class ConnectFailed(OutboundError):

@@ -159,7 +159,27 @@ _POLICY: Final = Template("""<ul>
 <li>Ports: $ports</li>
 <li>Addresses in private networks: $private</li>
 <li>Your endpoint gets $timeout seconds to answer; requests larger than $max_body bytes are refused.</li>
+<li>Spam checks: $checks</li>
 </ul>""")
+
+
+def _checks(settings: Settings) -> str:
+    """What this instance's spam checks do, in a site owner's words."""
+    if not settings.spam_checks:
+        return "off: every well-formed ping is forwarded."
+    if not settings.verify_source:
+        return "on, without reading sources: a ping whose source is its own target is refused."
+    copy = (
+        f", and so is a copy of your post, carrying {settings.copy_share:.0%} or more of its text (fault 49)"
+        if settings.copy_share is not None
+        else ""
+    )
+    return (
+        f"on. Before forwarding a ping, this instance reads its source (within {settings.verify_timeout:g} s): "
+        f"a source that does not exist (fault 16) or does not link to your page (fault 17) is refused{copy}; "
+        "one that cannot be read just now gets fault 50, so the sender tries again. Refused pings never reach "
+        "your endpoint."
+    )
 
 
 def _policy(settings: Settings) -> Html:
@@ -175,6 +195,7 @@ def _policy(settings: Settings) -> Html:
         private="allowed" if settings.allow_private_networks else "refused",
         timeout=f"{settings.timeout:g}",
         max_body=str(settings.max_body),
+        checks=_checks(settings),
     )
 
 
@@ -289,7 +310,9 @@ pingforward check --ping https://your.site/a-post</code></pre>
 <h2 id="faults-heading">What senders get back</h2>
 <p>The sender gets your endpoint's answer: success for any 2xx, else a Pingback fault code picked by your
 endpoint's JSON <code>error</code>; 49 when this instance refuses the forward URL, 50 when your endpoint
-cannot be reached or fails.</p>
+cannot be reached or fails. Pings its spam checks refuse (below) never reach your endpoint: 16 when the
+source does not exist, 17 when it does not link to your page, 49 when it copies your post, 0 when it is
+your page itself.</p>
 <details>
 <summary>Every fault code, and what WordPress does next</summary>
 <div class="table">

@@ -211,10 +211,17 @@ def _attributes(text: str, pos: int) -> tuple[Attributes, int] | None:
         attributes.setdefault(ascii_lower(name_match[0]), _unescape_attribute(value))
 
 
-def tags(text: str) -> Iterator[Token]:
-    """Start and end tags in document order; everything else is skipped."""
+def tags(text: str, texts: list[str] | None = None) -> Iterator[Token]:
+    """Start and end tags in document order; everything else is skipped.
+
+    With `texts`, the text between constructs is appended to it as the scan passes it, before the tag
+    that follows it is yielded (character references not expanded; see `visible_text`). The content of
+    raw text elements (<script>, <style>, <title>...) and of comments is not text.
+    """
     pos = 0
     while (lt := text.find("<", pos)) != -1:
+        if texts is not None and lt > pos:
+            texts.append(text[pos:lt])
         after = text[lt + 1 : lt + 2]
         if after.isascii() and after.isalpha():  # §13.2.5.6 tag open state
             name_match = _TAG_NAME.match(text, lt + 1)
@@ -226,6 +233,8 @@ def tags(text: str) -> Iterator[Token]:
             attributes, pos = parsed
             yield True, name, attributes
             if name == "plaintext":
+                if texts is not None:
+                    texts.append(text[pos:])
                 return
             if name in _TEXT_ONLY:
                 end = _TEXT_END[name].search(text, pos)
@@ -254,7 +263,22 @@ def tags(text: str) -> Iterator[Token]:
                 return
             pos = gt + 1
         else:  # a "<" that opens nothing is text
+            if texts is not None:
+                texts.append("<")
             pos = lt + 1
+    if texts is not None and pos < len(text):
+        texts.append(text[pos:])
+
+
+def visible_text(text: str) -> str:
+    """The text a reader of the page sees, pieces joined by spaces: no markup, comments, scripts or styles.
+
+    Linear, as `tags` is. Character references are expanded (html.unescape follows HTML §13.2.5.72).
+    """
+    texts: list[str] = []
+    for _ in tags(text, texts):
+        pass
+    return html.unescape(" ".join(texts))
 
 
 # microformats2 root class names (microformats.org/wiki/microformats2-parsing): h-entry, h-card, h-x-y...

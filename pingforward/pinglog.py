@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Final, TextIO
 
@@ -38,6 +39,7 @@ class PingLine:
     agent: str | None = None
     reason: str | None = None  # a fault's message: which rule refused the ping, or what the receiver said
     retried: bool = False  # sent twice: the receiver closed a kept-alive connection as it arrived
+    refusal: str | None = None  # why the proxy itself refused it, as a short name (no_link, copy...)
 
     def fields(self) -> dict[str, str | int | float | None]:
         """The line's fields in a fixed order, untrusted strings cut to `MAX_FIELD`; `retry` only when it was."""
@@ -51,6 +53,7 @@ class PingLine:
             "ms": round(self.ms, 1),
             "request_id": None if self.request_id is None else self.request_id[:MAX_FIELD],
             "agent": None if self.agent is None else self.agent[:MAX_FIELD],
+            "refusal": self.refusal,
             "reason": None if self.reason is None else self.reason[:MAX_FIELD],
         }
         if self.retried:
@@ -70,6 +73,8 @@ class PingLine:
             text += f" request_id={_quote(self.request_id[:MAX_FIELD])}"
         if self.agent is not None:
             text += f" agent={_quote(self.agent[:MAX_FIELD])}"
+        if self.refusal is not None:
+            text += f" refusal={self.refusal}"
         if self.reason is not None:
             text += f" reason={_quote(self.reason[:MAX_FIELD])}"
         if self.retried:
@@ -154,6 +159,7 @@ class PingLog:
         self._summary_seconds = summary_seconds
         self._unroutable = 0
         self._example = b""  # the first unusable query string of the window
+        self._refused: Counter[str] = Counter()  # pings the proxy refused itself, by reason
         self._summary: asyncio.TimerHandle | None = None
 
     def unroutable(self, query: bytes = b"") -> None:
@@ -162,6 +168,9 @@ class PingLog:
         if not self._unroutable:
             self._example = query[: MAX_EXAMPLE * 4]  # kept short: the rest is never shown
         self._unroutable += 1
+        self._arm()
+
+    def _arm(self) -> None:
         if self._summary is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -171,10 +180,13 @@ class PingLog:
             self._summary = loop.call_later(self._summary_seconds, self.summarize)
 
     def summarize(self) -> None:
-        """Write the count of unroutable requests since the last summary, if there were any."""
+        """Write the counts since the last summary, if there were any: unroutable requests, and refusals."""
         if self._summary is not None:
             self._summary.cancel()
             self._summary = None
+        refused, self._refused = self._refused, Counter()
+        if refused:
+            self._add(self._refusals(refused))
         count, self._unroutable = self._unroutable, 0
         if not count:
             return
@@ -197,6 +209,21 @@ class PingLog:
                 f"INFO {self.name}: unroutable count={count} example={quoted} (no usable forward parameter; fault 0)"
             )
 
+    def _refusals(self, refused: Counter[str]) -> str:
+        counts = dict(sorted(refused.items()))
+        if self._json:
+            entry = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "level": "INFO",
+                "logger": self.name,
+                "event": "refused",
+                "count": sum(counts.values()),
+                "reasons": counts,
+            }
+            return json.dumps(entry, ensure_ascii=True)
+        by_reason = " ".join(f"{name}={count}" for name, count in counts.items())
+        return f"INFO {self.name}: refused count={sum(counts.values())} {by_reason} (spam checks; not forwarded)"
+
     def format(self, line: PingLine) -> str:
         if not self._json:
             return f"INFO {self.name}: {line.text()}"
@@ -210,7 +237,11 @@ class PingLog:
         return json.dumps(entry, ensure_ascii=True)
 
     def write(self, line: PingLine) -> None:
+        """Write a ping line (at the end of the event loop's turn); a refusal is also counted for the summary."""
         self._add(line)
+        if line.refusal is not None:
+            self._refused[line.refusal] += 1
+            self._arm()
 
     def _add(self, line: PingLine | str) -> None:
         self._pending.append(line)

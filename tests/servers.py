@@ -246,12 +246,13 @@ class Site:
     A route may be a function, called per request. HEAD gets the GET answer without its body."""
 
     port: int = 0
+    host: str = LOCALHOST
     routes: dict[tuple[str, str], Answer | Callable[[], Answer]] = field(default_factory=dict)
     log: list[SiteRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str) -> str:
-        return f"http://{LOCALHOST}:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def received(self, method: str, path: str) -> list[SiteRequest]:
         with self.lock:
@@ -267,9 +268,9 @@ class Site:
 
 
 @contextmanager
-def serve_site() -> Iterator[Site]:
-    """Serve a `Site` from a thread; its routes may be set while it runs."""
-    web = Site()
+def serve_site(host: str = LOCALHOST) -> Iterator[Site]:
+    """Serve a `Site` from a thread on `host` (any 127.0.0.x); its routes may be set while it runs."""
+    web = Site(host=host)
 
     class Handler(BaseHTTPRequestHandler):
         def _handle(self, method: str) -> None:
@@ -296,7 +297,7 @@ def serve_site() -> Iterator[Site]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((LOCALHOST, 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
     web.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

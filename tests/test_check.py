@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import xmlrpc.client
 from urllib.parse import quote
@@ -35,7 +36,7 @@ from pingforward.net.resolver import Resolver
 from pingforward.net.transport import LIMITS, PolicyTransport, make_client
 from pingforward.pingback import is_http_url
 from tests.dns import Zone, dns_server
-from tests.servers import Answer, free_port, serve_app, serve_site
+from tests.servers import Answer, Site, free_port, serve_app, serve_site
 
 PF = "https://pf.example/?forward="
 WM = "https://wm.example/webmention"
@@ -203,6 +204,11 @@ def test_analyze_good_page_says_why() -> None:
         (Verdict.INFO, 'no <link rel="pingback"> element'),
         (Verdict.OK, f"WordPress reads {GOOD}"),
         (Verdict.OK, f"forwards to {WM}"),
+        (
+            Verdict.INFO,
+            "the proxy forwards a ping only after reading its source: a source that does not exist, does not link "
+            "to this page, or copies most of this page's text is refused, not forwarded (its spam checks)",
+        ),
         (Verdict.OK, f"forward matches the page's Webmention endpoint {WM}"),
     ]
     assert analysis.endpoint == GOOD
@@ -370,16 +376,19 @@ async def test_a_name_that_does_not_exist_is_named_so(local_settings: Settings) 
 def test_pingback_only_page_passes_once_a_ping_is_delivered(
     capsys: pytest.CaptureFixture[str], local_env: dict[str, str], local_settings: Settings
 ) -> None:
-    # No rel="webmention" on the page: a warning, and exit status 0, when the ping got through.
-    with serve_site() as site, serve_app(create_app(local_settings)) as proxy:
+    # No rel="webmention" on the page: a warning, and exit status 0, when the ping got through. The test
+    # ping's source is a real page elsewhere that links to the post, as the proxy's checks require.
+    with serve_site() as site, linking_page() as source, serve_app(create_app(local_settings)) as proxy:
         endpoint = site.url("/wm")
         href = f"{proxy}/?forward={quote(endpoint, safe='')}"
         site.routes[("GET", "/post")] = (200, [], f'<head><link rel="pingback" href="{href}"></head>'.encode())
         site.routes[("POST", "/wm")] = (202, [], b'{"result": "thanks"}')
-        assert main(["check", "--ping", site.url("/post")]) == 0
+        source.routes[("GET", "/reply")] = (200, [], f'<p>See <a href="{site.url("/post")}">this</a>.</p>'.encode())
+        source.routes[("GET", "/other")] = source.routes[("GET", "/reply")]
+        assert main(["check", "--ping", "--source", source.url("/reply"), site.url("/post")]) == 0
         out = capsys.readouterr().out
         # Another source: the same test ping again would be a repeat, which the proxy does not forward.
-        assert main(["check", "--json", "--ping", "--source", site.url("/other"), site.url("/post")]) == 0
+        assert main(["check", "--json", "--ping", "--source", source.url("/other"), site.url("/post")]) == 0
         lines = capsys.readouterr().out.splitlines()
     # The proxy runs in this process, and its ping line may come before or after check's own lines.
     printed = [line for line in out.splitlines() if not line.startswith("INFO pingforward")]
@@ -387,8 +396,21 @@ def test_pingback_only_page_passes_once_a_ping_is_delivered(
     assert "warn  the page advertises no Webmention endpoint" in out
     findings = [json.loads(line) for line in lines if not line.startswith("INFO ")]  # the proxy's ping line
     assert {finding["page"] for finding in findings} == {site.url("/post")}
-    assert [f["verdict"] for f in findings if f["verdict"] != "ok"] == ["info", "warn"]  # no X-Pingback; no Webmention
+    # no X-Pingback; the spam checks; no Webmention
+    assert [f["verdict"] for f in findings if f["verdict"] != "ok"] == ["info", "info", "warn"]
     assert findings[-1] == {"page": site.url("/post"), "verdict": "ok", "message": "test ping delivered: thanks"}
+
+
+def test_a_test_ping_from_the_page_itself_is_refused_and_check_says_why(
+    capsys: pytest.CaptureFixture[str], local_env: dict[str, str], local_settings: Settings
+) -> None:
+    with serve_site() as site, serve_app(create_app(local_settings)) as proxy:
+        endpoint = site.url("/wm")
+        site.routes[("GET", "/post")] = (200, [], html_page(f"{proxy}/?forward={quote(endpoint, safe='')}", endpoint))
+        assert main(["check", "--ping", site.url("/post")]) == 0  # the setup is right: a warning
+        out = capsys.readouterr().out
+    assert "warn  test ping: refused by the proxy's spam checks: fault 0 The source URI and the target URI" in out
+    assert "--source" in out and site.received("POST", "/wm") == []
 
 
 def test_json_failures_set_the_exit_status(capsys: pytest.CaptureFixture[str], local_env: dict[str, str]) -> None:
@@ -407,17 +429,23 @@ def test_json_failures_set_the_exit_status(capsys: pytest.CaptureFixture[str], l
     ],
 )
 async def test_check_with_ping(local_settings: Settings, reply: Answer, verdict: Verdict, words: str) -> None:
-    with serve_site() as site, serve_app(create_app(local_settings)) as proxy:
+    with serve_site() as site, linking_page() as source, serve_app(create_app(local_settings)) as proxy:
         endpoint = site.url("/wm")
         site.routes[("GET", "/post")] = (200, [], html_page(f"{proxy}/?forward={quote(endpoint, safe='')}", endpoint))
         site.routes[("POST", "/wm")] = reply
+        source.routes[("GET", "/linking")] = (200, [], f'<a href="{site.url("/post")}">a post</a>'.encode())
         async with make_client(local_settings) as client:
-            analysis = await check(client, site.url("/post"), ping=True, source="https://elsewhere.example/linking")
+            analysis = await check(client, site.url("/post"), ping=True, source=source.url("/linking"))
     last = analysis.findings[-1]
     assert (last.verdict, analysis.ok) == (verdict, verdict is Verdict.OK), analysis.findings
     assert words in last.text
     (sent,) = [request for request in site.log if request.method == "POST"]
-    assert sent.form == {"source": ["https://elsewhere.example/linking"], "target": [site.url("/post")]}
+    assert sent.form == {"source": [source.url("/linking")], "target": [site.url("/post")]}
+
+
+def linking_page() -> contextlib.AbstractContextManager[Site]:
+    """Another site, on another address, for a test ping's source."""
+    return serve_site("127.0.0.2")
 
 
 def test_cli_exit_status(capsys: pytest.CaptureFixture[str], local_env: dict[str, str]) -> None:

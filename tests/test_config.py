@@ -54,6 +54,14 @@ def test_values() -> None:
         ("PINGFORWARD_ALLOW_PRIVATE_NETWORKS", "maybe"),
         ("PINGFORWARD_MAX_PER_HOST", "0"),
         ("PINGFORWARD_TIMEOUTS", "10"),  # a typo must not be ignored silently
+        ("PINGFORWARD_SPAM_CHECKS", "sometimes"),
+        ("PINGFORWARD_VERIFY_SOURCE", "maybe"),
+        ("PINGFORWARD_COPY_SHARE", "0"),
+        ("PINGFORWARD_COPY_SHARE", "1.5"),
+        ("PINGFORWARD_COPY_SHARE", "nan"),
+        ("PINGFORWARD_COPY_SHARE", "half"),
+        ("PINGFORWARD_VERIFY_TIMEOUT", "0"),
+        ("PINGFORWARD_VERIFY_TIMEOUT", "nan"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -132,3 +140,19 @@ def test_a_bad_state_url_is_not_echoed() -> None:
     with pytest.raises(ConfigError) as raised:
         Settings.from_environ({"PINGFORWARD_STATE_URL": "http://:hunter2@redis.example"})
     assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, Settings(spam_checks=True, verify_source=True, copy_share=0.5, verify_timeout=1.5)),
+        ({"PINGFORWARD_SPAM_CHECKS": "off"}, Settings(spam_checks=False)),
+        ({"PINGFORWARD_VERIFY_SOURCE": "off"}, Settings(verify_source=False)),
+        ({"PINGFORWARD_COPY_SHARE": "off"}, Settings(copy_share=None)),
+        ({"PINGFORWARD_COPY_SHARE": "0.8"}, Settings(copy_share=0.8)),
+        ({"PINGFORWARD_COPY_SHARE": "80%"}, Settings(copy_share=0.8)),
+        ({"PINGFORWARD_VERIFY_TIMEOUT": "2"}, Settings(verify_timeout=2.0)),
+    ],
+)
+def test_spam_check_settings(environ: dict[str, str], expected: Settings) -> None:
+    assert Settings.from_environ(environ) == expected

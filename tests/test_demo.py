@@ -13,8 +13,8 @@ from urllib.parse import quote
 import pytest
 
 from pingforward.cli import main
-from pingforward.demo import SOURCE, TARGET
-from tests.servers import LOCAL_ENV, ROOT, _running, free_port, receiver
+from pingforward.demo import SOURCE_PATH, TARGET_PATH
+from tests.servers import LOCAL_ENV, ROOT, _running, free_port, receiver, serve_site
 
 
 def make_dry_run(*args: str) -> list[str]:
@@ -32,7 +32,7 @@ def test_demo_shows_one_ping_all_the_way(capsys: pytest.CaptureFixture[str]) -> 
     steps = [line for line in out.splitlines() if line[:2] in {f"{n}." for n in range(1, 7)}]
     assert [line[0] for line in steps] == list("123456")
     assert "PINGFORWARD_ALLOW_PRIVATE_NETWORKS=true" in steps[1] and "PINGFORWARD_ALLOWED_PORTS=" in steps[1]
-    assert f"POST: source={SOURCE}, target={TARGET}" in steps[4]
+    assert f"{SOURCE_PATH}, target=http://127.0.0.1:" in steps[4] and steps[4].endswith(TARGET_PATH)
     assert steps[5] == "6. The blog was told: success: 'Webmention accepted by the demo receiver'"
     (log,) = [line for line in out.splitlines() if " ping client=" in line]  # the proxy's own line
     assert "status=202 outcome=ok" in log
@@ -46,9 +46,11 @@ def test_make_run_takes_a_port_and_logs_one_line_per_ping(tmp_path: Path) -> Non
     port = free_port()
     command = shlex.split(make_dry_run("run", f"PORT={port}")[-1])
     assert command[-2:] == ["--port", str(port)]
-    with receiver() as wm, _running(command, port, LOCAL_ENV, tmp_path / "run.log") as server:
+    target = "https://site.example/2024/05/a-post"
+    with receiver() as wm, serve_site() as blog, _running(command, port, LOCAL_ENV, tmp_path / "run.log") as server:
+        blog.routes[("GET", "/reply")] = (200, [], f'<a href="{target}">a post</a>'.encode())
         with xmlrpc.client.ServerProxy(f"{server.base}/?forward={quote(wm.url + '/ok', safe='')}") as proxy:
-            assert proxy.pingback.ping(SOURCE, TARGET) == "Webmention accepted"
+            assert proxy.pingback.ping(blog.url("/reply"), target) == "Webmention accepted"
         for _ in range(50):  # the line is written at the end of the event loop's turn
             if " ping client=" in server.output():
                 break

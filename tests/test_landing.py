@@ -146,6 +146,23 @@ def test_policy_rendered() -> None:
     assert "<li>Addresses in private networks: allowed</li>" in page
 
 
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        (Settings(), "a source that does not exist (fault 16) or does not link to your page (fault 17) is refused, "
+         "and so is a copy of your post, carrying 50% or more of its text (fault 49); one that cannot be read"),
+        (Settings(copy_share=0.8, verify_timeout=2.0), "within 2 s): a source that does not exist"),
+        (Settings(copy_share=None), "(fault 17) is refused; one that cannot be read"),
+        (Settings(verify_source=False), "on, without reading sources"),
+        (Settings(spam_checks=False), "off: every well-formed ping is forwarded."),
+    ],
+)  # fmt: skip
+def test_the_spam_checks_are_explained_as_this_instance_runs_them(settings: Settings, words: str) -> None:
+    _, page = render(PAGE, None, settings)
+    (item,) = [line for line in page.splitlines() if line.startswith("<li>Spam checks: ")]
+    assert words in item
+
+
 def test_fault_table_lists_what_site_owners_act_on() -> None:
     _, page = render(PAGE, None, Settings())
     rows = re.findall(r'<tr><th scope="row">(-?\d+)</th><td>([^<]*)</td><td class="names"[^>]*>([^<]*)</td>', page)

@@ -84,6 +84,7 @@ def test_json_line() -> None:
         "ms": 12.3,
         "request_id": "f00-ba4",
         "agent": "WordPress/6.5; https://a.example",
+        "refusal": None,
         "reason": None,
     }
 
@@ -92,7 +93,7 @@ def test_json_line() -> None:
 @pytest.mark.parametrize("log", [TEXT, JSON], ids=["text", "json"])
 def test_untrusted_values_stay_on_one_line(value: str, log: PingLog) -> None:
     line = PingLine(
-        "-", "x", value, value, 400, FaultCode.UPSTREAM_ERROR, 1.0, request_id=value, agent=value, reason=value
+        "-", "x", value, value, 400, FaultCode.UPSTREAM_ERROR, 1.0, value, value, value, refusal="source_unreachable"
     )
     output = log.format(line)
     assert len(output.splitlines()) == 1 and output.isprintable()
@@ -171,6 +172,38 @@ async def test_a_refused_ping_names_the_rule(client: httpx.AsyncClient, capsys: 
         "forward refused: port 5000 is not allowed (PINGFORWARD_ALLOWED_PORTS); "
         "private address 10.1.2.3 (PINGFORWARD_ALLOW_PRIVATE_NETWORKS)"
     )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("log", ["text", "json"])
+async def test_refusals_are_named_per_ping_and_counted_by_reason_per_window(log: str) -> None:
+    stream = Stream()
+    ping_log = PingLog(LogFormat(log), stream, summary_seconds=0.05)
+    for refusal, code in [("no_link", FaultCode.NO_LINK), ("copy", FaultCode.ACCESS_DENIED), ("no_link", 17)]:
+        ping_log.write(PingLine("-", "wm.example", "s", "t", None, FaultCode(code), 1.0, refusal=refusal))
+    ping_log.write(PingLine("-", "wm.example", "s", "t", 202, None, 1.0))  # forwarded: not counted
+    await asyncio.sleep(0)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4
+    if log == "json":
+        assert [json.loads(line)["refusal"] for line in lines] == ["no_link", "copy", "no_link", None]
+    else:
+        assert [line.split(" refusal=")[1] if " refusal=" in line else None for line in lines] == [
+            "no_link",
+            "copy",
+            "no_link",
+            None,
+        ]
+    await asyncio.sleep(0.2)  # the window closes: one line counts them
+    summary = stream.getvalue().splitlines()[4:]
+    if log == "json":
+        (entry,) = map(json.loads, summary)
+        assert (entry["event"], entry["count"], entry["reasons"]) == ("refused", 3, {"copy": 1, "no_link": 2})
+    else:
+        assert summary == ["INFO pingforward.app: refused count=3 copy=1 no_link=2 (spam checks; not forwarded)"]
+    ping_log.summarize()  # nothing new: nothing written
+    await asyncio.sleep(0)
+    assert len(stream.getvalue().splitlines()) == 5
 
 
 @pytest.mark.anyio

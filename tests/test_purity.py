@@ -18,6 +18,7 @@ import pytest
         "pingforward.errors",
         "pingforward.sendstate",
         "pingforward.net.redirect",
+        "pingforward.verify",
     ],
 )
 def test_pure_module_imports_no_io_library(module: str) -> None:

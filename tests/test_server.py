@@ -57,12 +57,15 @@ def wm() -> Iterator[Receiver]:
 
 @contextmanager
 def proxy(protocol: str | None = None) -> Iterator[Process]:
-    """The Procfile's command on its defaults, with another `--http` class if given."""
+    """The Procfile's command on its defaults (but for the spam checks), with another `--http` class if given."""
     port = free_port()
     command = procfile_command(port)
     if protocol:
         command[command.index("--http") + 1] = protocol
-    with tempfile.TemporaryDirectory() as tmp, _running(command, port, LOCAL_ENV, Path(tmp) / "proxy.log") as p:
+    # About request heads and forwarding alone: the spam checks, which would refuse the made-up sources
+    # of these pings, are off (test_spam.py tests them).
+    env = {**LOCAL_ENV, "PINGFORWARD_SPAM_CHECKS": "off"}
+    with tempfile.TemporaryDirectory() as tmp, _running(command, port, env, Path(tmp) / "proxy.log") as p:
         yield p
 
 

@@ -112,7 +112,8 @@ class _Failed(ResolveError):
     """A failed lookup, with the key it is counted under in `Resolver.lookups`."""
 
     def __init__(self, reason: str, result: str) -> None:
-        super().__init__(reason)
+        # The DNS said that the name does not exist or has no address: the source verification's "gone".
+        super().__init__(reason, no_such_name=result == "nxdomain")
         self.result = result
 
 

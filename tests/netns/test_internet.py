@@ -20,8 +20,9 @@ from tests.servers import Receiver, ping, proxy, receiver
 
 ACCEPTED = "Webmention accepted"  # what tests/servers.py's receiver answers on /ok
 # These tests are about the network path of forwards alone, and send the same ping again and again, or
-# hundreds at once from one client: the junk checks (repeats, floods) are off, as for an operator who
-# forwards only for trusted senders. tests/test_windows_e2e.py tests them on their defaults.
+# hundreds at once from one client, from made-up sources: the junk checks (repeats, floods, the source's
+# verification) are off, as for an operator who forwards only for trusted senders. tests/test_windows_e2e.py
+# and tests/test_spam.py test them on their defaults.
 FORWARDING_ONLY = {"PINGFORWARD_SPAM_CHECKS": "off"}
 
 
@@ -180,7 +181,10 @@ def test_a_slot_counts_against_the_address_dialled_not_the_first_answered(zone: 
     names = {f"fallthrough-{n}.test": f"11.0.100.{n}" for n in range(10)}
     zone.names.update({name: Name([[refusing, HANGING]]) for name, refusing in names.items()})
     # A small limit, so that the test needs a few pings rather than a thousand: the case is about its key.
-    with raw_server(HANGING, 80, held_then_ok) as victim, proxy({"PINGFORWARD_MAX_PER_HOST": "4"}) as url:
+    with (
+        raw_server(HANGING, 80, held_then_ok) as victim,
+        proxy({**FORWARDING_ONLY, "PINGFORWARD_MAX_PER_HOST": "4"}) as url,
+    ):
         with ThreadPoolExecutor(len(names)) as pool:
             held = [pool.submit(ping, url, f"http://{name}/wm") for name in names]
             until(lambda: victim.held == 4)
@@ -216,3 +220,27 @@ def test_a_busy_receiver_keeps_its_connection_while_many_origins_are_idle(base: 
         assert idle.connections >= len(others)
         assert [ping(base, "http://busy.test:8443/wm") for _ in range(50)] == ["ok"] * 50
         assert (busy.requests, busy.connections) == (50, 1)
+
+
+@pytest.fixture(scope="module")
+def checked(zone: Zone) -> Iterator[str]:
+    """The proxy with every setting at its default, the spam checks included."""
+    with proxy({}) as url:
+        yield url
+
+
+def test_sources_whose_names_do_not_exist_are_gone_and_silent_ones_unreachable(
+    checked: str, wm: Receiver, zone: Zone
+) -> None:
+    # The source is read through the same c-ares resolver and address policy as forwards, on the defaults.
+    zone.names["receiver.test"] = Name([[RECEIVER]])
+    zone.names["silent-source.test"] = Name(silent=True)
+    zone.names["inside.test"] = Name([["127.0.0.1"]])
+    before = len(wm.received)
+    code, words = fault(ping(checked, "http://receiver.test/ok", "http://no-such-source.test/post"))
+    assert code == 16 and "cannot resolve no-such-source.test" in words
+    code, words = fault(ping(checked, "http://receiver.test/ok", "http://silent-source.test/post"))
+    assert code == 50 and "try again later" in words
+    code, words = fault(ping(checked, "http://receiver.test/ok", "http://inside.test/post"))
+    assert code == 16 and "loopback address 127.0.0.1 (PINGFORWARD_ALLOW_PRIVATE_NETWORKS)" in words
+    assert len(wm.received) == before  # none of them forwarded

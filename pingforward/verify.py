@@ -1,0 +1,256 @@
+"""Whether a ping deserves forwarding: its source really links to its target, and is not a copy of it.
+
+Pure: fetched pages go in as values, a `Refusal` (or None) comes out; fetch.py does the fetching. What a
+careful receiver does before it accepts a mention, done before the proxy forwards one.
+Specs: https://www.hixie.ch/specs/pingback/pingback (§3, the server "SHOULD" check that the source links
+to the target; faults 0x10, 0x11) and https://www.w3.org/TR/webmention/#webmention-verification (§3.2.2).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+from urllib.parse import urldefrag, urljoin, urlsplit
+
+from pingforward.markup import ASCII_WHITESPACE, VOID, Headers, OpenElements, decode, is_html, tags, words
+from pingforward.pingback import FaultCode, Ping, is_http_url
+
+# The settings named in refusals (config.py reads them).
+VERIFY_SETTING: Final = "PINGFORWARD_VERIFY_SOURCE"
+COPY_SETTING: Final = "PINGFORWARD_COPY_SHARE"
+MASTER_SETTING: Final = "PINGFORWARD_SPAM_CHECKS"
+FETCH_BOUND_SETTING: Final = "PINGFORWARD_FETCH_BOUND"  # the reflector's bound, kept by windows.py
+
+# Read of a fetched page. WordPress reads 150 KB; theme-heavy pages carry a post's links deeper.
+MAX_PAGE: Final = 1024 * 1024
+
+# The copy measure: the share of the target's word shingles (runs of SHINGLE consecutive words, Broder's
+# resemblance measure, "On the resemblance and containment of documents", 1997) that the source's text
+# also contains, its "containment" of the target. A scraper's copy contains nearly all of the target's
+# text, whatever it adds around it; a post quoting a paragraph of a five-paragraph article contains
+# about a fifth. Only the target's main content counts (see `_CONTENT_CLASSES`), so that its sidebar
+# and comments cannot dilute the share. A target shorter than MIN_SHINGLES (a note of a few sentences)
+# is never judged: quoting a short note whole is what a reply does.
+SHINGLE: Final = 5
+MIN_SHINGLES: Final = 40
+DEFAULT_COPY_SHARE: Final = 0.5
+# The element holding a post's own text: microformats2's e-content (https://microformats.org/wiki/h-entry),
+# and the class names WordPress's themes give it (classic themes' entry-content, block themes'
+# wp-block-post-content); else the first <article>, else the first <main>, else the whole page.
+_CONTENT_CLASSES: Final = frozenset({"e-content", "entry-content", "post-content", "wp-block-post-content"})
+_WORD: Final = re.compile(r"\w+")
+# Shingles are made only for the copy check, which most junk never reaches; each set holds at most the
+# shingles of this much text (about 40,000, 3 MB).
+MAX_SHINGLED: Final = 256 * 1024
+
+
+class Missing(StrEnum):
+    """Why a page could not be read."""
+
+    GONE = "gone"  # it does not exist: 404, 410, no such host name, not a URL that can be fetched
+    UNREACHABLE = "unreachable"  # for now: a timeout, a 5xx, a refused or broken connection
+    BOUND = "bound"  # not fetched: too many fetches to its host just now (a reflector's bound)
+
+
+@dataclass(frozen=True, slots=True)
+class Unread:
+    """A page that could not be read, and why, in words that name the host."""
+
+    missing: Missing
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What the checks need of a fetched page; `url` is where it was read, after redirects."""
+
+    url: str
+    links: frozenset[str]  # every href and src, resolved, by `_same_resource`'s key
+    text: str | None  # a document that is not HTML: its text, where a link is a URL written out
+    visible: str  # all its visible text, for the copy check as a source
+    content: str  # the text of its main content: what a copy of it would carry, as a target
+
+    @property
+    def size(self) -> int:
+        """About the bytes it holds, for the cache's bound (the content is a slice of the rest)."""
+        return sum(len(link) + 50 for link in self.links) + 2 * len(self.visible) + 200
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A ping refused before forwarding: its fault, the words saying why, and a short name for logs."""
+
+    code: FaultCode
+    text: str
+    name: str  # self_ping, source_gone, source_unreachable, fetch_bound, no_link, copy
+
+
+def _same_resource(url: str) -> str | None:
+    """A key equal for URLs naming one resource: fragment dropped, scheme and host lower-cased, default port
+    and empty path made explicit (RFC 3986 §6.2.2.1 and §6.2.3). None for what is not an http(s) URL."""
+    try:
+        parts = urlsplit(urldefrag(url)[0])
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port in (None, {"http": 80, "https": 443}[scheme]) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
+
+
+def shingles(text: str) -> frozenset[int]:
+    """The hashes of every run of SHINGLE consecutive words, case folded (a shorter text: the text's one run).
+
+    Only the first MAX_SHINGLED characters count: a copy carries a target's text near its top, and the
+    sets of the last few texts are kept (one post's 40 pings compare one source with 40 targets).
+    """
+    return _shingles(text[:MAX_SHINGLED])
+
+
+@functools.lru_cache(maxsize=8)
+def _shingles(text: str) -> frozenset[int]:
+    found = _WORD.findall(text.lower())
+    if len(found) < SHINGLE:
+        return frozenset({hash(tuple(found))}) if found else frozenset()
+    return frozenset(map(hash, zip(*(found[i:] for i in range(SHINGLE)), strict=False)))
+
+
+def read_page(url: str, headers: Headers, body: bytes) -> Page:
+    """Read a fetched page: its links (HTML), or its text (anything else), and its words for the copy check.
+
+    `url` is the page's final URL; links resolve against it or the page's first <base href> (HTML §2.4.1),
+    as `urljoin` resolves references (RFC 3986 §5). Character references in attributes are expanded by
+    the scanner (HTML §13.2.5).
+    """
+    text = decode(headers, body)
+    if not is_html(headers):
+        return Page(url, frozenset(), text, text, text)
+    texts: list[str] = []
+    hrefs: list[str] = []
+    base = url
+    based = False
+    # Where each candidate for the main content starts and ends, as indices into `texts`, and its depth.
+    spans: dict[str, tuple[int, int | None, int]] = {}
+    open_elements: OpenElements[None] = OpenElements()
+    for is_start, name, attributes in tags(text, texts):
+        if not is_start:
+            open_elements.close(name)
+            for kind, (start, end, depth) in spans.items():
+                if end is None and len(open_elements.stack) <= depth:  # it was closed, with what it held
+                    spans[kind] = (start, len(texts), depth)
+            continue
+        for attribute in ("href", "src"):
+            if attribute in attributes:
+                hrefs.append(attributes[attribute])
+        if name == "base" and not based and "href" in attributes:
+            based = True
+            candidate = urljoin(url, attributes["href"].strip(ASCII_WHITESPACE))
+            if is_http_url(candidate):
+                base = candidate
+        if name not in VOID:
+            if "content" not in spans and not _CONTENT_CLASSES.isdisjoint(words(attributes.get("class", ""))):
+                spans["content"] = (len(texts), None, len(open_elements.stack))
+            elif name in ("article", "main") and name not in spans:
+                spans[name] = (len(texts), None, len(open_elements.stack))
+        open_elements.open(name, None)
+    links = frozenset(filter(None, (_same_resource(urljoin(base, href.strip(ASCII_WHITESPACE))) for href in hrefs)))
+    visible = _unescaped(texts)
+    content = visible
+    for kind in ("content", "article", "main"):
+        if kind in spans:
+            start, end, _ = spans[kind]
+            content = _unescaped(texts[start:end])
+            break
+    return Page(url, links, None, visible, content)
+
+
+def _unescaped(texts: Iterable[str]) -> str:
+    return html.unescape(" ".join(texts))
+
+
+def links_to(page: Page, target: str) -> bool:
+    """Whether the page links to `target`: an href or src resolving to it (fragments aside), or, in a
+    document that is not HTML, the URL written out in its text (Webmention §3.2.2: by media type)."""
+    if page.text is not None:
+        bare = urldefrag(target)[0]
+        # JSON may write "/" as "\/" (RFC 8259 §7), as WordPress's REST API does.
+        return bare in page.text or bare.replace("/", "\\/") in page.text
+    key = _same_resource(target)
+    return key is not None and key in page.links
+
+
+def copied_share(source: Page, target: Page) -> float | None:
+    """The share of the target's main-content shingles that the source's text contains; None when the
+    target has too little text to tell a copy from a quotation."""
+    theirs = shingles(target.content)
+    if len(theirs) < MIN_SHINGLES:
+        return None
+    return len(theirs & shingles(source.visible)) / len(theirs)
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").rstrip(".")
+
+
+def junk(ping: Ping) -> Refusal | None:
+    """What is refused without fetching anything: a source that is its own target (WordPress's fault 0)."""
+    if _same_resource(ping.source) == _same_resource(ping.target):
+        return Refusal(
+            FaultCode.GENERIC,
+            f"The source URI and the target URI cannot both point to the same resource ({MASTER_SETTING}).",
+            "self_ping",
+        )
+    return None
+
+
+def judge(ping: Ping, source: Page | Unread, target: Page | Unread | None, copy_share: float | None) -> Refusal | None:
+    """Decide on a ping from its fetched source (and target, for the copy check; None: not fetched).
+
+    `copy_share` is the share of the target's text above which the source is a copy (None: no copy check).
+    """
+    if isinstance(source, Unread):
+        if source.missing is Missing.GONE:
+            return Refusal(
+                FaultCode.SOURCE_NOT_FOUND,
+                f"The source URI does not exist: {source.reason} ({VERIFY_SETTING}).",
+                "source_gone",
+            )
+        # Pingback 1.0's 0x0032, "could not communicate with an upstream server": a sender retries it
+        # (WordPress pings again on the next update after any fault but 48).
+        bound = source.missing is Missing.BOUND
+        return Refusal(
+            FaultCode.UPSTREAM_ERROR,
+            f"The source URI could not be checked now: {source.reason}; try again later "
+            f"({FETCH_BOUND_SETTING if bound else VERIFY_SETTING}).",
+            "fetch_bound" if bound else "source_unreachable",
+        )
+    if not links_to(source, ping.target):
+        return Refusal(
+            FaultCode.NO_LINK,
+            f"The source URI does not contain a link to the target URI ({VERIFY_SETTING}).",
+            "no_link",
+        )
+    if copy_share is None or not isinstance(target, Page) or _host(source.url) == _host(target.url):
+        # A site cannot scrape itself: two posts of one blog share its theme's text, and may link.
+        return None
+    share = copied_share(source, target)
+    if share is not None and share >= copy_share:
+        # Fault 0x31, access denied: the source exists and links, so 16 and 17 would be untrue; 48 would
+        # tell the sender the mention was taken (WordPress stops pinging on it and some senders count it
+        # a success). A copy-blog pinging again later is refused again, from the cache.
+        return Refusal(
+            FaultCode.ACCESS_DENIED,
+            f"The source URI copies the target URI: it carries {share:.0%} of the target's text ({COPY_SETTING}).",
+            "copy",
+        )
+    return None
