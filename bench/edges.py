@@ -1,4 +1,4 @@
-"""The internet's edges for the benchmark (issue 11), run by bench/run.py inside `unshare --net --mount`.
+"""The internet's edges for the benchmark, run by bench/run.py inside `unshare --net --mount`.
 
 In that private network namespace, `lo` carries addresses that the default address policy treats as
 public, /etc/resolv.conf points at a DNS server run here (tests/dns.py) and the proxy runs the Procfile's
@@ -54,7 +54,7 @@ BUSY = "11.22.33.47"
 NAMESERVER = "11.22.33.53"
 REFUSING_NET = "11.0.0.0/16"  # local, nothing listens: the addresses of the names with thousands
 HONEST_RATE = 50.0  # pings a second, each to a new name
-ATTACK_RATE = 20.0  # pings a second naming silent hosts (issue 11)
+ATTACK_RATE = 20.0  # pings a second naming silent hosts
 STEADY_RATE = 100.0
 HANGING_PINGS = 1000
 BLIP_RATE = 50.0  # pings a second to each of the two names of dns_blip

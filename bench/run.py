@@ -1,9 +1,9 @@
-"""The pingforward benchmark (issue 3): `make bench`, or `.venv/bin/python bench/run.py --help`.
+"""The pingforward benchmark: `make bench`, or `.venv/bin/python bench/run.py --help`.
 
 Starts, on 127.0.0.1 only, a fast Webmention sink, a slow one (1 s), a second fast one on the proxy's
 core (for the direct latency), the ceiling app and the proxy (both with the Procfile's uvicorn
 command), drives them with wrk and bench/burst.py, and prints one table of medians with the ratios
-that issue 3 sets as goals. Linux only (/proc, taskset).
+that the project sets as goals. Linux only (/proc, taskset).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ PROXY_APP = "pingforward.app:create_app"
 CEILING_APP = "ceiling:create_app"  # bench/ceiling.py, found through --app-dir
 TICKS = os.sysconf("SC_CLK_TCK")
 
-# What a WordPress blog sends (protocol.md §4.2: IXR's layout, always <string>-typed).
+# What a WordPress blog sends (WordPress's IXR client: always <string>-typed).
 PING_XML = b"""<?xml version="1.0"?>
 <methodCall>
 <methodName>pingback.ping</methodName>

@@ -35,8 +35,8 @@ from pingforward.pingback import FaultCode
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Counters one worker keeps in memory; the least recently counted go first. A counter costs about
-# 0.4 KiB (bench/README.md), so the bound is about 20 MiB, whatever sources strangers make up.
+# Counters one worker keeps in memory; the least recently counted go first. bench/README.md has what a
+# counter costs, and so what this bound holds a worker to, whatever sources strangers make up.
 MAX_KEYS: Final = 50_000
 # Redis is one round trip away on the same network; a call that takes longer than this is treated as
 # Redis being unreachable. The ping's own deadline is seconds (WordPress waits 3 s for the answer).
@@ -54,8 +54,8 @@ FETCH_BOUND_SETTING: Final = "PINGFORWARD_FETCH_BOUND"
 class BoundedMemory(MemoryStorage):
     """limits' memory storage holding at most `max_keys` counters, the least recently counted dropped first.
 
-    limits' own `incr` starts a sweep over every key after each count (about 0.9 ms per count at
-    60,000 keys, bench/README.md) and never drops a key before its window ends, so strangers who make
+    limits' own `incr` starts a sweep over every key after each count (its cost grows with the keys:
+    bench/README.md) and never drops a key before its window ends, so strangers who make
     up sources could grow it without bound. Here each count moves its key to the end of `order`, and
     drops the oldest keys while there are too many, plus up to two expired ones at the front: constant
     work per count. Counting without an `await` keeps every hit atomic within the worker.

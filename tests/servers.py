@@ -219,7 +219,7 @@ def procfile_server(tmp: Path, env: Mapping[str, str]) -> Iterator[Process]:
         yield process
 
 
-# Canned pages, an app in a thread and the CLI server (issue 6: landing page, check, logs).
+# Canned pages, an app in a thread and the CLI server (landing page, check, logs).
 
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
@@ -378,7 +378,7 @@ def _running(command: list[str], port: int, env: Mapping[str, str], log: Path) -
             proc.wait(timeout=5)
 
 
-# A real redis-server for the shared windows (issue 17).
+# A real redis-server for the shared windows.
 
 
 @dataclass

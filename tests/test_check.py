@@ -43,7 +43,7 @@ WM = "https://wm.example/webmention"
 GOOD = PF + quote(WM, safe="")
 OTHER = PF + quote("https://other.example/", safe="")
 
-# (HEAD's X-Pingback, body) -> what WordPress's discover_pingback_server_uri returns (protocol.md §4.1)
+# (HEAD's X-Pingback, body) -> what WordPress's discover_pingback_server_uri returns (wp-includes/comment.php)
 WORDPRESS = [
     pytest.param(None, f'<head><link rel="pingback" href="{GOOD}"></head>', GOOD, id="spec-form"),
     pytest.param("https://h.example/", f'<head><link rel="pingback" href="{GOOD}">', "https://h.example/", id="head"),

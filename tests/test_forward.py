@@ -36,7 +36,7 @@ FORWARD_CASES = [
     ("forward=https%3A%2F%2Fsite.example%2Fwm%3Fkey%3D1%26x%3D2", "https://site.example/wm?key=1&x=2"),
     ("a=1&amp;forward=https%3A%2F%2Fsite.example%2Fwm", "https://site.example/wm"),  # WordPress's &amp;
     ("forward=%20https%3A%2F%2Fsite.example%2Fwm%20", "https://site.example/wm"),
-    # Pasted without encoding: what follows the URL's own "?" is the URL's, "&" included (issue 12).
+    # Pasted without encoding: what follows the URL's own "?" is the URL's, "&" included.
     ("forward=https://site.example/wm?x=1&y=2", "https://site.example/wm?x=1&y=2"),
     ("a=1&forward=https://site.example/wm?x=%2F&forward=3", "https://site.example/wm?x=%2F&forward=3"),
     ("a=1&amp;forward=http://site.example/wm?x=1&amp;y=2", "http://site.example/wm?x=1&y=2"),

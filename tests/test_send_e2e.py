@@ -235,7 +235,7 @@ def test_cli_subprocess(site: Site, proxy: str) -> None:
 
 
 # webmention.rocks discovery tests served locally: the page markup follows the rules in
-# reference/sending.md §1; each receiver accepts one POST, decoys ("/error") record a failure.
+# https://webmention.rocks/; each receiver accepts one POST, decoys ("/error") record a failure.
 
 
 def rocks_site(site: Site) -> dict[int, str]:

@@ -41,7 +41,7 @@ def rocks(number: int, headers: list[tuple[str, str]], page: str, endpoint: str)
     return pytest.param(f"{ROCKS}/test/{number}", [HTML, *headers], page, endpoint, id=f"rocks-{number}")
 
 
-# Each case is one rule of webmention.rocks (reference/sending.md §1), built from the rules of
+# Each case is one rule of https://webmention.rocks/, built from the rules of
 # its discovery tests; the expected endpoint is the one the rocks receiver accepts.
 ROCKS_CASES = [
     rocks(1, [("Link", "</test/1/webmention>; rel=webmention")], rocks_page(), f"{ROCKS}/test/1/webmention"),
@@ -184,7 +184,7 @@ def test_every_rocks_discovery_test_has_a_case() -> None:
 W = "https://example.org/post"
 C = "https://site.example/blog/post"
 
-# Beyond rocks: the corners other senders got wrong (reference/sending.md §3, last table),
+# Beyond rocks: the corners other senders got wrong,
 # RFC 8288 syntax and HTML tokenization.
 EDGE_CASES = [
     pytest.param(
@@ -450,7 +450,7 @@ def test_parse_link_header_values() -> None:
     assert parse_link_header("<unterminated; rel=webmention") == []
 
 
-# Pingback 1.0 §2 (reference/sending.md §2): strict client behaviour.
+# Pingback 1.0 §2: strict client behaviour.
 PB = "http://example.com/xmlrpc.php"
 PINGBACK_CASES = [
     pytest.param([("Content-Type", "image/png"), ("X-Pingback", PB)], b"\x89PNG\r\n", PB, id="header-on-png"),

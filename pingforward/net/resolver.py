@@ -2,7 +2,7 @@
 
 `loop.getaddrinfo` runs the C library's blocking lookup in the default thread pool, which has a few
 threads on a small machine and cannot cancel a lookup: a handful of names whose DNS server never
-answers held every thread for 10 s and failed all other pings (issue 11). c-ares (through aiodns)
+answers held every thread and failed all other pings (bench/README.md). c-ares (through aiodns)
 sends the queries itself on the event loop's sockets, so any number run at once, each bounded by its
 own timeout, and it reads /etc/hosts and /etc/resolv.conf as the C library does.
 
