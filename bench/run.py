@@ -879,7 +879,7 @@ def setup(args: argparse.Namespace, tmp: Path) -> Bench:
     # again from one client, from a made-up source, which the checks answer as a repeat, a flood or a source
     # that cannot be read, without forwarding it. The "spam" scenario measures the checks against this.
     opened = {"allow_private_networks": "true", "allowed_ports": "*", "spam_checks": "off"}
-    for name, value in opened.items():
+    for name, value in {**opened, **dict(args.setting)}.items():
         if name in Settings.__dataclass_fields__:
             env[f"PINGFORWARD_{name.upper()}"] = value
     notes.append("proxy env: " + " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("PINGFORWARD_")))
@@ -900,6 +900,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spam-rate", type=int, default=400, help="pings a second in the spam mix (default 400)")
     parser.add_argument(
         "--app", default=PROXY_APP, help=f"uvicorn factory to measure as the proxy (default {PROXY_APP})"
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        type=lambda text: tuple(text.split("=", 1)),
+        metavar="NAME=VALUE",
+        help="a proxy setting besides the defaults, e.g. metrics_token=0123456789abcdef (repeatable)",
     )
     args = parser.parse_args(argv)
     args.only = args.only or list(SCENARIOS)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import hmac
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +26,8 @@ from pingforward.forwarded import ForwardedMiddleware
 from pingforward.net.transport import make_client, make_transport
 from pingforward.pinglog import configure_logging
 from pingforward.windows import Windows
+
+logger = logging.getLogger(__name__)
 
 # The landing page loads nothing and runs only its own inline script (allowed by hash, in `page`);
 # it may only submit its form to itself.
@@ -52,6 +57,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # No gc.collect() first: it would lengthen every cold start to free the few hundred objects
         # that imports leave unreachable, which stay frozen instead (bench/README.md).
         gc.freeze()
+        flushing: asyncio.Task[None] | None = None
+        if endpoint.counts is not None:
+            from pingforward import metrics
+
+            try:
+                app.state.exporter = metrics.start(endpoint.counts, endpoint.ping_log.rejections, transport)
+            except OSError as exc:  # no writable directory: pings matter more than their counts (/metrics: 503)
+                logger.error("metrics are off: %s (set TMPDIR or PROMETHEUS_MULTIPROC_DIR)", exc)
+                endpoint.counts = None
+            else:
+                flushing = asyncio.create_task(app.state.exporter.keep_flushing())
         try:
             async with transport, make_client(settings) as client:  # the client's own pool, for POST /send
                 windows = Windows(settings)
@@ -64,6 +80,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     await windows.close()
         finally:
             gc.unfreeze()  # the process may go on (tests, an embedding server) and expect a normal gc
+            if flushing is not None:
+                flushing.cancel()
+                app.state.exporter.flush()  # the last counts of this worker stay in the sums
             endpoint.ping_log.summarize()
             endpoint.ping_log.flush()
             watchdog.stop()
@@ -94,10 +113,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return await send_route(request, token)
 
         routes.append(Route("/send", send, methods=["POST"], max_body_size=settings.max_body))
+    if settings.metrics_token:  # off unless asked for: no token, no route (404)
+        metrics_token = settings.metrics_token
+
+        async def metrics_page(request: Request) -> Response:
+            from pingforward.metrics import CONTENT_TYPE
+
+            if not authorized(request, metrics_token):
+                return PlainTextResponse(
+                    "unauthorized", 401, headers={"WWW-Authenticate": 'Bearer realm="pingforward"'}
+                )
+            exporter = getattr(request.app.state, "exporter", None)
+            if exporter is None:  # no directory to count in, or served without the app's lifespan
+                return PlainTextResponse("metrics are off: see the log", 503)
+            return Response(exporter.render(), media_type=CONTENT_TYPE)
+
+        routes.append(Route("/metrics", metrics_page, methods=["GET"]))
     app = App(endpoint, settings.proxy_hops, routes=routes, lifespan=lifespan)
     # Never answer with a redirect: webmention.io's GET redirect to `forward` was an open redirect.
     app.router.redirect_slashes = False
     return app
+
+
+def authorized(request: Request, token: str) -> bool:
+    """Whether the request carries `token` as its bearer token, compared in constant time."""
+    # RFC 6750 §2.1: "Authorization: Bearer <token>"; the scheme name is case-insensitive (RFC 9110 §11.1).
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    given = credentials.strip().encode() if scheme.lower() == "bearer" else b""
+    return hmac.compare_digest(given, token.encode())
 
 
 class App(Starlette):

@@ -19,8 +19,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from pingforward.errors import Failure, ForwardError, OutboundError, Refused
-from pingforward.forward import parse_forward
+from pingforward.forward import parse_forward, written_unencoded
 from pingforward.markup import decode, header_values
+from pingforward.net.policy import SCHEME_PORTS
 from pingforward.net.redirect import next_url
 from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_response, render_call
 from pingforward.send import read_capped
@@ -92,6 +93,14 @@ def wordpress_pingback(head_pingback: str | None, html: str) -> str | None:
     if end <= start:
         return None
     return html[start:end]
+
+
+def _origin(url: str) -> tuple[str | None, int | None]:
+    parts = urlsplit(url)
+    try:
+        return parts.hostname, parts.port or SCHEME_PORTS.get(parts.scheme)
+    except ValueError:  # a port that is no number: no origin to compare
+        return None, None
 
 
 def _home_page(url: str) -> bool:
@@ -191,7 +200,15 @@ def _forward(page: Page, endpoint: str, report: _Report) -> None:
     try:
         forward = parse_forward(parts.query)
     except ForwardError as exc:
-        report.add(Verdict.FAIL, f"{exc}: the forward value must be an absolute http(s) URL, percent-encoded")
+        report.add(Verdict.FAIL, f"{exc} (the forward value is your Webmention endpoint's whole URL, percent-encoded)")
+        return
+    if _origin(forward) == _origin(endpoint):
+        # The proxy refuses such pings (fault 49) or they come back to it (508): none would arrive.
+        report.add(
+            Verdict.FAIL,
+            f"the forward URL {forward} points at the pingforward proxy itself, so no pingback can arrive; "
+            "forward to your Webmention endpoint",
+        )
         return
     report.add(Verdict.OK, f"forwards to {forward}")
     report.add(
@@ -199,13 +216,21 @@ def _forward(page: Page, endpoint: str, report: _Report) -> None:
         "the proxy forwards a ping only after reading its source: a source that does not exist, does not link "
         "to this page, or copies most of this page's text is refused, not forwarded (its spam checks)",
     )
-    others = sorted(name for name in names if name != "forward")
-    if others:
+    if written_unencoded(parts.query):
+        # pingforward reads what follows the forward URL's own "?" as that URL's, "&"s included.
         report.add(
             Verdict.INFO,
-            f"other parameters next to forward ({', '.join(others)}) are ignored; "
-            "if they belong to your Webmention endpoint, percent-encode the whole forward URL",
+            "the forward URL is written without percent-encoding: pingforward reads the rest of the query as "
+            "part of it, but a # or + in it is lost on the way; percent-encode the whole forward URL",
         )
+    else:
+        others = sorted(name for name in names if name != "forward")
+        if others:
+            report.add(
+                Verdict.INFO,
+                f"other parameters next to forward ({', '.join(others)}) are ignored; "
+                "if they belong to your Webmention endpoint, percent-encode the whole forward URL",
+            )
 
     # Pingbacks go to the forward URL whatever the page says about Webmention; the comparison only
     # catches a forward URL that was mistyped or went stale.

@@ -124,6 +124,7 @@ class Settings:
     copy_share: float | None = DEFAULT_COPY_SHARE
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     send_token: str | None = field(default=None, repr=False)  # POST /send is off without it
+    metrics_token: str | None = field(default=None, repr=False)  # GET /metrics is off without it
 
     @property
     def policy(self) -> Policy:
@@ -198,7 +199,8 @@ class Settings:
             verify_timeout=read(
                 "verify_timeout", float, DEFAULT_VERIFY_TIMEOUT, lambda v: 0 < v <= 60, "must be seconds, > 0 and <= 60"
             ),
-            send_token=_send_token(environ),
+            send_token=_token(environ, "SEND_TOKEN"),
+            metrics_token=_token(environ, "METRICS_TOKEN"),
         )
 
 
@@ -214,10 +216,10 @@ def _state(environ: Mapping[str, str]) -> str | None:
         raise ConfigError(f"{key}: must be a redis://, rediss:// or unix:// URL (value not shown)") from None
 
 
-def _send_token(environ: Mapping[str, str]) -> str | None:
+def _token(environ: Mapping[str, str], name: str) -> str | None:
     # Checked apart from read(): a secret must not be echoed into an error message or a log.
-    key = PREFIX + "SEND_TOKEN"
+    key = PREFIX + name
     token = environ.get(key, "").strip()
     if token and (len(token) < MIN_SEND_TOKEN or any(char.isspace() for char in token)):
         raise ConfigError(f"{key}: must be at least {MIN_SEND_TOKEN} characters without spaces (value not shown)")
-    return token or None  # unset or empty: POST /send is off
+    return token or None  # unset or empty: the route it guards is off

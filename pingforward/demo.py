@@ -15,6 +15,7 @@ import xmlrpc.client
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Final, TextIO
 from urllib.parse import parse_qs, quote
 
@@ -32,6 +33,7 @@ PAGES: Final = {
     SOURCE_PATH: '<!doctype html><title>A reply</title><article><p>A reply to <a href="{target}">a post</a>.</p>'
     "</article>",
 }
+PACKAGE: Final = Path(__file__).resolve().parent
 
 
 class _Receiver(ThreadingHTTPServer):
@@ -146,8 +148,18 @@ def run(out: TextIO, port: int = 0) -> int:
     if not receiver.received:
         return 1
     print(
-        "\nThat is the whole trip. Next: `make run` (or `pingforward serve`) and the tag builder at "
-        "http://127.0.0.1:8000/; to forward to a receiver on this machine, start it with the settings of step 2.",
+        f"\nThat is the whole trip. Next: `{serve_command()}` (it holds the terminal; Ctrl-C stops it) and the tag "
+        "builder at http://127.0.0.1:8000/; to forward to a receiver on this machine, start it with the settings of "
+        "step 2.",
         file=out,
     )
     return 0
+
+
+def serve_command(package: Path = PACKAGE) -> str:
+    """How to start the proxy, as it was installed: `make run` in a clone (an editable install beside the
+    Makefile that `make demo` uses), else `pingforward serve` (pipx, pip)."""
+    clone = package.parent
+    if (clone / "Makefile").is_file() and (clone / "pyproject.toml").is_file():
+        return "make run"
+    return "pingforward serve"

@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Final, TypedDict
+from typing import TYPE_CHECKING, Final, TypedDict
 from urllib.parse import urlsplit
 
 import httpx
@@ -17,7 +17,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pingforward.config import Settings
 from pingforward.errors import ForwardError, Refused
 from pingforward.fetch import Verifier
-from pingforward.forward import HOW_TO_WRITE, MAX_FORWARD_URL, Outcome, forward, parse_forward, written_unencoded
+from pingforward.forward import (
+    HOW_TO_WRITE,
+    MAX_FORWARD_URL,
+    MISSING_FORWARD,
+    Outcome,
+    forward,
+    parse_forward,
+    written_unencoded,
+)
 from pingforward.net.policy import SCHEME_PORTS, Policy
 from pingforward.net.transport import VIA
 from pingforward.pingback import (
@@ -33,9 +41,12 @@ from pingforward.pingback import (
     render_fault,
     render_response,
 )
-from pingforward.pinglog import PingLine, PingLog
+from pingforward.pinglog import PingLine, PingLog, Rejection
 from pingforward.watchdog import deadline
 from pingforward.windows import Windows
+
+if TYPE_CHECKING:
+    from pingforward.metrics import Counts
 
 logger = logging.getLogger("pingforward.app")
 
@@ -142,6 +153,11 @@ class PingbackEndpoint:
         self.settings = settings
         self.page = page
         self.ping_log = PingLog(settings.log_format)
+        self.counts: Counts | None = None  # metrics are counted only when served
+        if settings.metrics_token:
+            from pingforward.metrics import Counts  # not imported otherwise: a worker's cold start counts
+
+            self.counts = Counts()
         self.body_seconds = min(settings.timeout, MAX_BODY_SECONDS)
         # Pings to one site all carry the same query string: check it once, not per ping. Keyed by
         # what the answer depends on: the query string, and the scheme and Host that name this proxy.
@@ -174,26 +190,36 @@ class PingbackEndpoint:
     async def answer(self, scope: Scope, receive: Receive) -> Answer:
         """Read the request, and answer it: an HTTP error for a transport problem, else XML-RPC."""
         headers = _fields(scope)
+        client_ip = scope["client"][0] if scope.get("client") else ""
         if VIA_BYTES in headers.get(b"via", b""):
             # Our own forward came back to us: a forward URL naming this proxy under another name.
+            self.ping_log.rejected(Rejection.LOOP, client_ip or "-", "a request carrying our own Via")
             return LOOP
         try:
             with deadline(self.body_seconds):
                 body = await _read_body(receive, headers, self.settings.max_body)
         except TimeoutError:
+            self.ping_log.rejected(
+                Rejection.TOO_SLOW, client_ip or "-", f"no whole body within {self.body_seconds:g} s"
+            )
             return TOO_SLOW
         except _TooLarge:
+            reason = f"body over {self.settings.max_body} bytes (PINGFORWARD_MAX_BODY)"
+            self.ping_log.rejected(Rejection.TOO_LARGE, client_ip or "-", reason)
             return TOO_LARGE
         started = time.perf_counter()
         host = headers.get(b"host", b"").decode("latin-1") or _server(scope)
         where = self.destinations(scope["query_string"], scope["scheme"], host)
         if where.unusable is not None and LIST_METHODS_BYTES not in body:
             # No usable `forward` parameter: whatever the body says, nothing can be done with it, so it
-            # is not parsed, and it is counted instead of logged: such requests are junk, the bulk of
-            # pingback traffic (https://github.com/aaronpk/webmention.io/issues/208), and each would
-            # cost twice as much (bench/README.md).
-            self.ping_log.unroutable(scope["query_string"])
-            return _fault(FaultCode.GENERIC, where.unusable.text)
+            # is not parsed, and it is counted rather than logged (only the first of a minute gets a line):
+            # such requests are junk, the bulk of pingback traffic
+            # (https://github.com/aaronpk/webmention.io/issues/208), and a line each would cost twice as much
+            # (bench/README.md).
+            text = where.unusable.text
+            kind = Rejection.UNROUTABLE if text == MISSING_FORWARD else Rejection.INVALID_FORWARD
+            self.ping_log.rejected(kind, client_ip or "-", text, scope["query_string"])
+            return _fault(FaultCode.GENERIC, text)
         try:
             call = parse_call(body)
             if call.method == LIST_METHODS:
@@ -201,9 +227,11 @@ class PingbackEndpoint:
             if call.method != PINGBACK_PING:
                 raise Fault(FaultCode.METHOD_NOT_FOUND, f"server error. requested method {call.method!r} not found")
         except Fault as fault:
+            self.ping_log.rejected(Rejection.MALFORMED, client_ip or "-", fault.message, scope["query_string"])
             return _fault(fault.code, fault.message)
-        client_ip = scope["client"][0] if scope.get("client") else ""
         outcome = await self.ping(scope["state"], call, where, client_ip)
+        if self.counts is not None:
+            self.counts.ping(outcome)
         self.ping_log.write(
             PingLine(
                 client=client_ip or "-",
@@ -218,6 +246,7 @@ class PingbackEndpoint:
                 reason=where.hint if outcome.fault is None else outcome.text,
                 retried=outcome.retried,
                 refusal=outcome.refusal,
+                failure=outcome.failure,
             )
         )
         if outcome.fault is None:
@@ -251,7 +280,11 @@ class PingbackEndpoint:
                     return Outcome(refusal.text, refusal.code, refusal=refusal.name)
                 timeout -= time.perf_counter() - started
             # The transport shares its connections fairly between destinations (pool.Slots).
+            counts = self.counts  # the forward is timed only when metrics are on
+            started = time.perf_counter() if counts is not None else 0.0
             outcome = await forward(state["transport"], ping, where.url, client_ip=client_ip, timeout=timeout)
+            if counts is not None:
+                counts.forward.observe(time.perf_counter() - started)
             delivered = outcome.fault is None
             return outcome
         finally:  # whatever happened, so that a ping not delivered may be sent again

@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, quote_plus, urljoin, urlsplit
 
 import httpx
 
-from pingforward.errors import ForwardError, OutboundError, OutboundTimeout, Refused
-from pingforward.net.policy import host_literal
+from pingforward.errors import Failure, ForwardError, OutboundError, OutboundTimeout, Refused
+from pingforward.net.policy import SCHEME_PORTS, host_literal
 from pingforward.net.pool import RETRIED
 from pingforward.net.redirect import FINAL_FOR_POST, REDIRECTS, next_url
 from pingforward.net.transport import USER_AGENT, VIA
@@ -68,6 +68,9 @@ class Outcome:
     # (no_link, source_gone, copy, repeat, flood, fetch_bound...); None when it was forwarded, or failed.
     refusal: str | None = None
     retried: bool = False  # sent twice: the receiver closed a kept-alive connection as it arrived (pool.RETRIED)
+    # What kind of trouble the forward met on the network (refused, reset, timeout, dns, tls...), for logs
+    # and metrics; None when the receiver answered.
+    failure: Failure | None = None
 
 
 # The raw `forward` parameter, as it is written in the query string.
@@ -89,7 +92,7 @@ def written_unencoded(query: str) -> bool:
 
 
 def parse_forward(query: str) -> str:
-    """Take the forward URL out of a raw query string, or raise `ForwardError`."""
+    """Take the forward URL out of a raw query string, or raise `ForwardError` saying what is wrong with it."""
     # WordPress copies the pingback href out of the page without decoding entities, so a
     # `<link href="...?a=1&amp;forward=...">` arrives as a literal `&amp;` (discover_pingback_server_uri in
     # https://github.com/WordPress/wordpress-develop/blob/trunk/src/wp-includes/comment.php).
@@ -104,14 +107,51 @@ def parse_forward(query: str) -> str:
         if not values:
             raise ForwardError(MISSING_FORWARD)
         if len(values) > 1:
-            raise ForwardError(INVALID_FORWARD)
+            raise ForwardError(f"{INVALID_FORWARD}: given {len(values)} times; give it once")
         url = values[0].strip()
-    # U+FFFD: percent-escapes that are not UTF-8, decoded to a URL other than the one written.
-    if len(url) > MAX_FORWARD_URL or "\ufffd" in url or not is_http_url(url) or not _usable_host(url):
-        raise ForwardError(INVALID_FORWARD)
-    if urlsplit(url).username is not None:  # userinfo would be sent as credentials
-        raise ForwardError(INVALID_FORWARD)
+    problem = forward_problem(url)
+    if problem is not None:
+        raise ForwardError(f"{INVALID_FORWARD}: {problem}")
     return url
+
+
+_SPACE_OR_CONTROL: Final = re.compile(r"[\x00-\x20\x7f]")  # as pingback.is_http_url refuses
+_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+MAX_SHOWN_HOST: Final = 100  # of a host named in a fault string
+
+
+def forward_problem(url: str) -> str | None:
+    """What keeps a (decoded) forward URL from being used, in a site owner's words; None if nothing does."""
+    if not url:
+        return "empty; write the Webmention endpoint's whole URL, percent-encoded"
+    if len(url) > MAX_FORWARD_URL:
+        return f"longer than {MAX_FORWARD_URL} characters"
+    if "\ufffd" in url:  # percent-escapes that are not UTF-8 decode to U+FFFD: a URL other than the one written
+        return "percent-escapes that are not UTF-8"
+    if url.startswith("//"):
+        return "no scheme: write https://host/..., not //host/..."
+    scheme = _SCHEME.match(url)
+    if scheme is not None and url[scheme.end() : scheme.end() + 1].isdigit():  # site.example:8080/wm
+        scheme = None
+    if scheme is None or not url[scheme.end() :].startswith("//"):
+        if scheme is not None and scheme[1].lower() not in ("http", "https"):
+            return f"scheme {scheme[1][:20]!r}: only http and https"
+        return "no scheme: write the whole URL, https://host/..."
+    if scheme[1].lower() not in ("http", "https"):
+        return f"scheme {scheme[1][:20]!r}: only http and https"
+    if not is_http_url(url):
+        parts = urlsplit(url)
+        if _SPACE_OR_CONTROL.search(url):
+            return "spaces or control characters in the URL; percent-encode them"
+        if not parts.hostname:
+            return "no host"
+        return "the port is not a number up to 65535"
+    parts = urlsplit(url)
+    if parts.username is not None:  # userinfo would be sent as credentials
+        return "credentials in the URL (user:password@) would be sent to the receiver; leave them out"
+    if not _usable_host(url):
+        return f"host {(parts.hostname or '')[:MAX_SHOWN_HOST]!r} is no name or address a connection can be made to"
+    return None
 
 
 def _usable_host(url: str) -> bool:
@@ -186,8 +226,8 @@ def classify(ping: Ping, status: int, body: bytes, location: str | None = None) 
     return Outcome(f"HTTP {status} {described}".strip(), FaultCode.GENERIC, status)
 
 
-def _upstream(reason: str, status: int | None = None) -> Outcome:
-    return Outcome(f"upstream: {reason}", FaultCode.UPSTREAM_ERROR, status)
+def _upstream(reason: str, status: int | None = None, failure: Failure | None = None) -> Outcome:
+    return Outcome(f"upstream: {reason}", FaultCode.UPSTREAM_ERROR, status, failure=failure)
 
 
 # Every forward carries these, then Original-Remote-Addr, Host and Content-Length.
@@ -262,19 +302,25 @@ async def _forward(
         with deadline(timeout):
             return await _post(transport, ping, url, client_ip, heard, retried)
     except Refused as exc:
-        return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED)
+        return Outcome(f"forward refused: {exc.reason}", FaultCode.ACCESS_DENIED, failure=Failure.POLICY)
     except TimeoutError:
         if heard:  # the deadline came while its body was being read: the status has decided
             status, location = heard[0]
             return classify(ping, status, b"", location)
-        return _upstream(f"no answer within {timeout:g} s")
+        return _upstream(f"no answer from {_where(url)} within {timeout:g} s", failure=Failure.TIMEOUT)
     except OutboundError as exc:  # its words name the host and port and what went wrong: no internals
         if heard and isinstance(exc, OutboundTimeout):
             status, location = heard[0]
             return classify(ping, status, b"", location)
-        return _upstream(exc.reason)
+        return _upstream(exc.reason, failure=exc.failure)
     except httpx.InvalidURL:
-        return _upstream("the forward URL cannot be requested")
+        return _upstream("the forward URL cannot be requested", failure=Failure.URL)
+
+
+def _where(url: str) -> str:
+    """A URL's host and port, as the network layer names them in its reasons."""
+    parsed = _url(url)
+    return f"{parsed.host} port {parsed.port or SCHEME_PORTS.get(parsed.scheme, 80)}"
 
 
 async def _post(

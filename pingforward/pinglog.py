@@ -40,6 +40,7 @@ class PingLine:
     reason: str | None = None  # a fault's message: which rule refused the ping, or what the receiver said
     retried: bool = False  # sent twice: the receiver closed a kept-alive connection as it arrived
     refusal: str | None = None  # why the proxy itself refused it, as a short name (no_link, copy...)
+    failure: str | None = None  # what went wrong on the network (errors.Failure): refused, reset, timeout, dns...
 
     def fields(self) -> dict[str, str | int | float | None]:
         """The line's fields in a fixed order, untrusted strings cut to `MAX_FIELD`; `retry` only when it was."""
@@ -55,6 +56,7 @@ class PingLine:
             "agent": None if self.agent is None else self.agent[:MAX_FIELD],
             "refusal": self.refusal,
             "reason": None if self.reason is None else self.reason[:MAX_FIELD],
+            "failure": self.failure,
         }
         if self.retried:
             fields["retry"] = True
@@ -77,9 +79,42 @@ class PingLine:
             text += f" refusal={self.refusal}"
         if self.reason is not None:
             text += f" reason={_quote(self.reason[:MAX_FIELD])}"
+        if self.failure is not None:
+            text += f" failure={self.failure}"
         if self.retried:
             text += " retry=1"
         return text
+
+
+def _example(query: bytes) -> str:
+    # A stranger's bytes: decoded byte for byte, cut, and always JSON-quoted by the caller with every
+    # control and non-ASCII character escaped, so the example cannot break or forge a line.
+    return query.decode("latin-1")[:MAX_EXAMPLE]
+
+
+class Rejection:
+    """The kinds of request answered without a ping: nothing was forwarded, nor refused on its merits.
+
+    Plain strings, not an Enum: they key dicts on the junk path, where an Enum member's hash costs more.
+    """
+
+    UNROUTABLE: Final = "unroutable"  # no forward parameter
+    INVALID_FORWARD: Final = "invalid_forward"  # a forward parameter that cannot be used
+    MALFORMED: Final = "malformed"  # not an XML-RPC call the endpoint can read
+    TOO_LARGE: Final = "too_large"  # a body over PINGFORWARD_MAX_BODY
+    TOO_SLOW: Final = "too_slow"  # a body that did not arrive in time
+    LOOP: Final = "loop"  # the proxy's own forward, come back to it
+
+
+# What the sender was answered, for the log lines.
+REJECTION_ANSWERS: Final = {
+    Rejection.UNROUTABLE: "no usable forward parameter; fault 0",
+    Rejection.INVALID_FORWARD: "unusable forward parameter; fault 0",
+    Rejection.MALFORMED: "not a readable XML-RPC call; fault -32700 to -32601",
+    Rejection.TOO_LARGE: "body over PINGFORWARD_MAX_BODY; HTTP 413",
+    Rejection.TOO_SLOW: "body not received in time; HTTP 408",
+    Rejection.LOOP: "the proxy's own forward came back; HTTP 508",
+}
 
 
 def _quote(text: str) -> str:
@@ -157,18 +192,44 @@ class PingLog:
         self._stream = stream
         self._pending: list[PingLine | str] = []  # formatted when written
         self._summary_seconds = summary_seconds
-        self._unroutable = 0
-        self._example = b""  # the first unusable query string of the window
+        self._window: dict[str, int] = {}  # requests rejected since the last summary, by kind
+        self._examples: dict[str, bytes] = {}  # the first non-empty query string of each kind in the window
+        self.rejections: dict[str, int] = {}  # every rejected request since the start, by kind (metrics)
         self._refused: Counter[str] = Counter()  # pings the proxy refused itself, by reason
         self._summary: asyncio.TimerHandle | None = None
 
-    def unroutable(self, query: bytes = b"") -> None:
-        """Count a request without a usable `forward` parameter; one line sums them up per minute,
-        with the first one's query string as an example of what such tags look like."""
-        if not self._unroutable:
-            self._example = query[: MAX_EXAMPLE * 4]  # kept short: the rest is never shown
-        self._unroutable += 1
+    def rejected(self, kind: str, client: str, reason: str, query: bytes = b"") -> None:
+        """Count a request answered without a ping: the first of each kind in a window is written at once,
+        with the client and what was wrong; one line per kind sums them up when the window ends."""
+        self.rejections[kind] = self.rejections.get(kind, 0) + 1
+        count = self._window.get(kind, 0)
+        self._window[kind] = count + 1
+        if count:
+            if query and kind not in self._examples:
+                self._examples[kind] = query[: MAX_EXAMPLE * 4]  # kept short: the rest is never shown
+            return  # counted; the summary at the end of the window writes it (its timer is running)
+        if query:
+            self._examples[kind] = query[: MAX_EXAMPLE * 4]
+        self._add(self._rejected_line(kind, client, reason, query))
         self._arm()
+
+    def _rejected_line(self, kind: str, client: str, reason: str, query: bytes) -> str:
+        example = _example(query)
+        if self._json:
+            entry = {
+                **self._head(),
+                "event": "rejected",
+                "kind": kind,
+                "client": client,
+                "reason": reason[:MAX_FIELD],
+                "example": example,
+            }
+            return json.dumps(entry, ensure_ascii=True)
+        return (
+            f"INFO {self.name}: rejected kind={kind} client={_quote(client)} reason={_quote(reason[:MAX_FIELD])} "
+            f"example={json.dumps(example, ensure_ascii=True)} ({REJECTION_ANSWERS[kind]}; "
+            f"the next {self._summary_seconds:g} s of this kind are summed up in one line)"
+        )
 
     def _arm(self) -> None:
         if self._summary is None:
@@ -180,34 +241,26 @@ class PingLog:
             self._summary = loop.call_later(self._summary_seconds, self.summarize)
 
     def summarize(self) -> None:
-        """Write the counts since the last summary, if there were any: unroutable requests, and refusals."""
+        """Write the counts since the last summary, if there were any: refusals, and each kind of rejected request."""
         if self._summary is not None:
             self._summary.cancel()
             self._summary = None
         refused, self._refused = self._refused, Counter()
         if refused:
             self._add(self._refusals(refused))
-        count, self._unroutable = self._unroutable, 0
-        if not count:
-            return
-        # A stranger's bytes: decoded byte for byte, cut, and always JSON-quoted with every
-        # control and non-ASCII character escaped, so the example cannot break or forge a line.
-        example = self._example.decode("latin-1")[:MAX_EXAMPLE]
-        if self._json:
-            entry = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "level": "INFO",
-                "logger": self.name,
-                "event": "unroutable",
-                "count": count,
-                "example": example,
-            }
-            self._add(json.dumps(entry, ensure_ascii=True))
-        else:
-            quoted = json.dumps(example, ensure_ascii=True)
-            self._add(
-                f"INFO {self.name}: unroutable count={count} example={quoted} (no usable forward parameter; fault 0)"
-            )
+        window, self._window = self._window, {}
+        examples, self._examples = self._examples, {}
+        for kind, count in window.items():
+            example = _example(examples.get(kind, b""))
+            if self._json:
+                entry = {**self._head(), "event": kind, "count": count, "example": example}
+                self._add(json.dumps(entry, ensure_ascii=True))
+            else:
+                quoted = json.dumps(example, ensure_ascii=True)
+                self._add(f"INFO {self.name}: {kind} count={count} example={quoted} ({REJECTION_ANSWERS[kind]})")
+
+    def _head(self) -> dict[str, str]:
+        return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": "INFO", "logger": self.name}
 
     def _refusals(self, refused: Counter[str]) -> str:
         counts = dict(sorted(refused.items()))

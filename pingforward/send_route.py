@@ -4,7 +4,6 @@ amplifier). Bearer tokens: https://www.rfc-editor.org/rfc/rfc6750#section-2.1
 
 from __future__ import annotations
 
-import hmac
 from typing import Final
 from urllib.parse import parse_qs
 
@@ -12,15 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pingforward import send as sender
+from pingforward.app import authorized
 from pingforward.feed import parse_date
-
-
-def _authorized(request: Request, token: str) -> bool:
-    # RFC 6750 §2.1: "Authorization: Bearer <token>"; the scheme name is case-insensitive (RFC 9110 §11.1).
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    given = credentials.strip().encode() if scheme.lower() == "bearer" else b""
-    return hmac.compare_digest(given, token.encode())
-
 
 # POST /send calls served at once by one worker; more wait for none of them and get a 503. Each
 # call makes at most SEND_MAX_REQUESTS outbound requests (fetches, redirects, notifications), so
@@ -32,7 +24,7 @@ SEND_RETRY_AFTER: Final = "10"  # seconds; about half of a call's deadline
 
 async def send_route(request: Request, token: str) -> Response:
     """Send for one post (`source`) or a feed (`feed`); answer with send.py's `report_json` or `feed_json`."""
-    if not _authorized(request, token):
+    if not authorized(request, token):
         return JSONResponse({"error": "unauthorized"}, 401, headers={"WWW-Authenticate": 'Bearer realm="pingforward"'})
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     sources, feeds = form.get("source", []), form.get("feed", [])

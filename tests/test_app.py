@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import xmlrpc.client
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
@@ -105,7 +105,11 @@ async def test_receiver_errors_reach_the_client_as_fault_codes(
     ("query", "body", "expected"),
     [
         ("", ping_body(), (0, "Missing 'forward' parameter")),
-        ("?forward=ftp%3A%2F%2Fsite.example%2F", ping_body(), (0, "Invalid 'forward' parameter")),
+        (
+            "?forward=ftp%3A%2F%2Fsite.example%2F",
+            ping_body(),
+            (0, "Invalid 'forward' parameter: scheme 'ftp': only http and https"),
+        ),
         (FORWARD, b"<methodCall>", FaultCode.PARSE_ERROR),
         (FORWARD, load("pingback/methodresponse.xml"), FaultCode.INVALID_XMLRPC),
         (FORWARD, ping_body("nope"), FaultCode.SOURCE_NOT_FOUND),
@@ -291,8 +295,10 @@ async def test_a_forward_url_pasted_unencoded_arrives_whole_and_the_log_says_how
 async def test_an_unusable_forward_host_is_fault_0_without_a_traceback(
     client: httpx.AsyncClient, respx_mock: respx.MockRouter, caplog: pytest.LogCaptureFixture, forward: str
 ) -> None:
+    host = urlsplit(forward).hostname
     response = await client.post("/?forward=" + quote(forward, safe=""), content=ping_body())
-    assert read(response) == (FaultCode.GENERIC, "Invalid 'forward' parameter")
+    expected = f"Invalid 'forward' parameter: host {host!r} is no name or address a connection can be made to"
+    assert read(response) == (FaultCode.GENERIC, expected)
     assert "Traceback" not in caplog.text and not respx_mock.calls
 
 

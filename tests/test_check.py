@@ -145,10 +145,22 @@ ANALYZE = [
     ),
     pytest.param(
         page(WM_LINK, (PF + "ftp%3A%2F%2Fx%2F",), PF + "ftp%3A%2F%2Fx%2F"),
-        ["Invalid 'forward' parameter"],
+        ["Invalid 'forward' parameter: scheme 'ftp': only http and https"],
         id="bad-forward",
     ),
     pytest.param(page(WM_LINK, (GOOD + "#x",), GOOD + "#x"), ["#fragment"], id="fragment"),
+    pytest.param(
+        page(WM_LINK, (PF + quote("https://pf.example/wm", safe=""),), PF + quote("https://pf.example/wm", safe="")),
+        ["the forward URL https://pf.example/wm points at the pingforward proxy itself"],
+        id="forward-to-the-proxy",
+    ),
+    pytest.param(
+        page(
+            WM_LINK, (PF + quote("https://PF.example:443/", safe=""),), PF + quote("https://PF.example:443/", safe="")
+        ),
+        ["points at the pingforward proxy itself"],
+        id="forward-to-the-proxy-spelt-otherwise",
+    ),
     pytest.param(page(WM_LINK, ("/xmlrpc",), "/xmlrpc"), ["not an absolute http(s) URL"], id="relative"),
     pytest.param(
         page(f'<link rel="pingback" href="{GOOD}&region=eu">{WM_LINK}', content_type="text/html"),
@@ -225,6 +237,29 @@ def test_analyze_takes_any_page(parts: list[str], header: str | None) -> None:
     analysis = analyze(page("".join(parts), () if header is None else (header,), header))
     assert analysis.findings[0] == Finding(Verdict.OK, f"fetched {POST} (HTTP 200)")
     assert analysis.endpoint is None or is_http_url(analysis.endpoint)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "forward", "note"),
+    [
+        # Pasted unencoded, with a query of its own: all of it is the forward URL's, nothing is ignored.
+        (PF + "https://wm.example/webmention?token=a+b&x=1", "https://wm.example/webmention?token=a+b&x=1", "written"),
+        (PF + quote(WM, safe="") + "&x=1", WM, "other parameters next to forward (x) are ignored"),
+        (GOOD, WM, None),
+    ],
+    ids=["unencoded-with-query", "encoded-and-another-parameter", "encoded"],
+)
+def test_what_check_says_of_other_parameters(endpoint: str, forward: str, note: str | None) -> None:
+    findings = analyze(page(WM_LINK, (endpoint,), endpoint)).findings
+    assert Finding(Verdict.OK, f"forwards to {forward}") in findings
+    notes = [f.text for f in findings if f.verdict is Verdict.INFO and "forward" in f.text]
+    ignored = [text for text in notes if "ignored" in text]
+    if note is None:
+        assert notes == []
+    elif note == "written":
+        assert ignored == [] and len(notes) == 1 and "without percent-encoding" in notes[0]
+    else:
+        assert notes == [note + "; if they belong to your Webmention endpoint, percent-encode the whole forward URL"]
 
 
 def test_home_page_note() -> None:

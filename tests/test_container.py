@@ -206,3 +206,9 @@ def test_cli_installs_from_the_repository(tmp_path: Path) -> None:
     )
     assert helped.returncode == 0, helped.stderr
     assert "check" in helped.stdout and "send" in helped.stdout
+    # Installed this way there is no Makefile: the demo's last line names the command that is there.
+    demo = subprocess.run(
+        [str(bin_dir / "pingforward"), "demo"], cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.splitlines()[-1].startswith("That is the whole trip. Next: `pingforward serve` (it holds")

@@ -36,6 +36,21 @@ def test_demo_shows_one_ping_all_the_way(capsys: pytest.CaptureFixture[str]) -> 
     assert steps[5] == "6. The blog was told: success: 'Webmention accepted by the demo receiver'"
     (log,) = [line for line in out.splitlines() if " ping client=" in line]  # the proxy's own line
     assert "status=202 outcome=ok" in log
+    assert out.splitlines()[-1].startswith("That is the whole trip. Next: `make run` (it holds the terminal")
+
+
+def test_the_demo_names_the_command_of_how_it_was_installed(tmp_path: Path) -> None:
+    from pingforward import demo
+
+    clone = tmp_path / "clone"
+    (clone / "pingforward").mkdir(parents=True)
+    (clone / "Makefile").write_text("run:\n")
+    (clone / "pyproject.toml").write_text("")
+    assert demo.serve_command(clone / "pingforward") == "make run"
+    # pipx and pip put the package in a site-packages directory, with no Makefile beside it.
+    site = tmp_path / "venv" / "lib" / "python3.12" / "site-packages" / "pingforward"
+    site.mkdir(parents=True)
+    assert demo.serve_command(site) == "pingforward serve"
 
 
 def test_make_demo_runs_the_demo() -> None:

@@ -12,10 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 import respx
+from starlette.responses import PlainTextResponse
 
-from pingforward.config import LogFormat
+from pingforward.config import LogFormat, Settings
+from pingforward.endpoint import PingbackEndpoint
 from pingforward.pingback import FaultCode
-from pingforward.pinglog import MAX_EXAMPLE, JsonFormatter, PingLine, PingLog, uvicorn_log_config
+from pingforward.pinglog import MAX_EXAMPLE, JsonFormatter, PingLine, PingLog, Rejection, uvicorn_log_config
 from tests.servers import LOCAL_ENV, ROOT, _running, free_port, procfile_command, run_cli_server
 
 JSON_LOG_CONFIG = ROOT / "pingforward" / "uvicorn-json-log.json"
@@ -86,6 +88,7 @@ def test_json_line() -> None:
         "agent": "WordPress/6.5; https://a.example",
         "refusal": None,
         "reason": None,
+        "failure": None,
     }
 
 
@@ -93,7 +96,8 @@ def test_json_line() -> None:
 @pytest.mark.parametrize("log", [TEXT, JSON], ids=["text", "json"])
 def test_untrusted_values_stay_on_one_line(value: str, log: PingLog) -> None:
     line = PingLine(
-        "-", "x", value, value, 400, FaultCode.UPSTREAM_ERROR, 1.0, value, value, value, refusal="source_unreachable"
+        "-", "x", value, value, None, FaultCode.UPSTREAM_ERROR, 1.0, value, value, value,
+        refusal="source_unreachable", failure="reset",
     )
     output = log.format(line)
     assert len(output.splitlines()) == 1 and output.isprintable()
@@ -137,12 +141,17 @@ async def test_app_logs_one_line_per_ping(
         headers={"X-Request-Id": "req-1", "User-Agent": "WordPress/6.5"},
     )
     await client.post("/?forward=http%3A%2F%2F10.1.2.3%2Fwm", content=ping_body("https://a.example/\nINFO forged"))
-    await client.post("/", content=ping_body())  # no forward: counted, not logged one by one
+    for _ in range(3):  # no forward: the first is logged at once, and all are counted
+        await client.post("/", content=ping_body())
     await client.post("/", content=xmlrpc.client.dumps((), "system.listMethods"))
     await asyncio.sleep(0)  # lines are written when the event loop comes round
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2  # listMethods is not a ping
-    delivered, refused = map(pairs, lines)
+    assert len(lines) == 3  # listMethods is not a ping
+    assert lines[2] == (
+        "INFO pingforward.app: rejected kind=unroutable client=203.0.113.7 reason=\"Missing 'forward' parameter\" "
+        'example="" (no usable forward parameter; fault 0; the next 60 s of this kind are summed up in one line)'
+    )
+    delivered, refused = map(pairs, lines[:2])
     assert delivered == {
         "client": "203.0.113.7",
         "forward_host": "wm.example",
@@ -208,29 +217,53 @@ async def test_refusals_are_named_per_ping_and_counted_by_reason_per_window(log:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("log", ["text", "json"])
-async def test_unroutable_requests_are_summed_up_once_per_window(log: str) -> None:
+async def test_rejected_requests_first_one_at_once_then_summed_up_per_window(log: str) -> None:
     stream = Stream()
     ping_log = PingLog(LogFormat(log), stream, summary_seconds=0.05)
-    # The first query of the window is the example: escaped, and cut to MAX_EXAMPLE characters.
+    # The first non-empty query of the window is the example: escaped, and cut to MAX_EXAMPLE characters.
     first = b'forward=webmention.io%2Fx&"\n\xe9' + b"a" * 1000
-    for query in (first, b"forward=second", b""):
-        ping_log.unroutable(query)
+    for query in (b"", first, b"forward=second"):
+        ping_log.rejected(Rejection.UNROUTABLE, "203.0.113.9", "Missing 'forward' parameter", query)
+    ping_log.rejected(Rejection.TOO_LARGE, "198.51.100.7", "body over 65536 bytes (PINGFORWARD_MAX_BODY)")
     await asyncio.sleep(0)
-    assert stream.getvalue() == ""  # nothing per request
-    await asyncio.sleep(0.2)  # the window closes: one line for all three
-    (line,) = stream.getvalue().splitlines()
+    # At once: the first of each kind, with the client and what was wrong.
+    at_once = stream.getvalue().splitlines()
     if log == "json":
-        entry = json.loads(line)
+        entries = [json.loads(line) for line in at_once]
+        assert [(e["event"], e["kind"], e["client"], e["example"]) for e in entries] == [
+            ("rejected", "unroutable", "203.0.113.9", ""),
+            ("rejected", "too_large", "198.51.100.7", ""),
+        ]
+        assert entries[1]["reason"] == "body over 65536 bytes (PINGFORWARD_MAX_BODY)"
+    else:
+        assert at_once == [
+            "INFO pingforward.app: rejected kind=unroutable client=203.0.113.9 reason=\"Missing 'forward' parameter\" "
+            'example="" (no usable forward parameter; fault 0; the next 0.05 s of this kind are summed up in one line)',
+            'INFO pingforward.app: rejected kind=too_large client=198.51.100.7 reason="body over 65536 bytes '
+            '(PINGFORWARD_MAX_BODY)" example="" (body over PINGFORWARD_MAX_BODY; HTTP 413; the next 0.05 s of this '
+            "kind are summed up in one line)",
+        ]
+    await asyncio.sleep(0.2)  # the window closes: one line per kind
+    summaries = stream.getvalue().splitlines()[2:]
+    assert len(summaries) == 2
+    if log == "json":
+        entry = json.loads(summaries[0])
         assert (entry["event"], entry["count"], entry["logger"]) == ("unroutable", 3, "pingforward.app")
         example = entry["example"]
+        assert (json.loads(summaries[1])["event"], json.loads(summaries[1])["count"]) == ("too_large", 1)
     else:
         start, end = "INFO pingforward.app: unroutable count=3 example=", " (no usable forward parameter; fault 0)"
-        assert line.startswith(start) and line.endswith(end) and line.isascii()
-        example = json.loads(line.removeprefix(start).removesuffix(end))
+        assert summaries[0].startswith(start) and summaries[0].endswith(end) and summaries[0].isascii()
+        example = json.loads(summaries[0].removeprefix(start).removesuffix(end))
+        assert summaries[1] == (
+            'INFO pingforward.app: too_large count=1 example="" (body over PINGFORWARD_MAX_BODY; HTTP 413)'
+        )
     assert example == first.decode("latin-1")[:MAX_EXAMPLE]
+    assert ping_log.rejections == {Rejection.UNROUTABLE: 3, Rejection.TOO_LARGE: 1}  # for the metrics: never reset
     ping_log.summarize()  # nothing new: nothing written
+    ping_log.rejected(Rejection.UNROUTABLE, "203.0.113.9", "Missing 'forward' parameter")
     await asyncio.sleep(0)
-    assert len(stream.getvalue().splitlines()) == 1
+    assert len(stream.getvalue().splitlines()) == 5  # a new window: its first is written at once again
 
 
 class Stream(io.StringIO):
@@ -304,8 +337,10 @@ def test_served_log_lines(tmp_path: Path, log_format: LogFormat, args: list[str]
     lines = [line for line in output if "req-42" in line]
     assert len(lines) == 1, server.output()
     assert not any(line.startswith("INFO forged") for line in output)
-    summaries = [line for line in output if "unroutable" in line]
+    summaries = [line for line in output if "unroutable" in line and "rejected" not in line]
+    (at_once,) = [line for line in output if "rejected" in line and "unroutable" in line]
     if log_format is LogFormat.JSON:
+        assert (json.loads(at_once)["kind"], json.loads(at_once)["client"]) == ("unroutable", "127.0.0.1")
         entry = json.loads(lines[0])
         assert (entry["event"], entry["outcome"], entry["status"], entry["forward_host"]) == (
             "ping",
@@ -316,6 +351,7 @@ def test_served_log_lines(tmp_path: Path, log_format: LogFormat, args: list[str]
         assert entry["source"] == "https://a.example/\nINFO forged"
         assert [json.loads(line)["count"] for line in summaries] == [1]
     else:
+        assert at_once.startswith("INFO pingforward.app: rejected kind=unroutable client=127.0.0.1 reason=")
         assert lines[0].startswith("INFO pingforward.app: ping client=127.0.0.1 forward_host=127.0.0.1 ")
         assert 'source="https://a.example/\\nINFO forged"' in lines[0] and " outcome=16 " in lines[0]
         assert summaries == [
@@ -345,3 +381,40 @@ def test_every_line_is_json(tmp_path: Path, how: str) -> None:
     loggers = {entry["logger"] for entry in entries}
     assert "uvicorn.error" in loggers and "pingforward.app" in loggers, lines
     assert any(entry["message"].startswith("Started server process") for entry in entries if "message" in entry)
+
+
+@pytest.mark.anyio
+async def test_bodies_too_slow_too_large_and_loops_are_logged_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    # The body's time limit is the forward's, when that is shorter than 5 s: short here, not waited out.
+    endpoint = PingbackEndpoint(Settings(timeout=0.05, max_body=1024), page=PlainTextResponse("page"))
+    statuses: list[int] = []
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(int(message["status"]))  # type: ignore[call-overload]
+
+    async def never() -> object:
+        await asyncio.sleep(5)  # bounded; the endpoint gives up long before
+        return {"type": "http.disconnect"}
+
+    async def large() -> object:
+        return {"type": "http.request", "body": b" " * 2048, "more_body": False}
+
+    def scope(*headers: tuple[bytes, bytes]) -> dict[str, object]:
+        query = b"forward=https%3A%2F%2Fsite.example%2Fwm"
+        return {"type": "http", "method": "POST", "headers": list(headers), "query_string": query,
+                "client": ("198.51.100.4", 5555), "scheme": "http", "state": {}}  # fmt: skip
+
+    await endpoint(scope(), never, send)  # type: ignore[arg-type]
+    await endpoint(scope(), large, send)  # type: ignore[arg-type]
+    await endpoint(scope((b"via", b"1.1 pingforward")), large, send)  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert statuses == [408, 413, 508]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" reason=")[0] for line in lines] == [
+        f"INFO pingforward.app: rejected kind={kind} client=198.51.100.4" for kind in ("too_slow", "too_large", "loop")
+    ]
+    assert 'reason="no whole body within 0.05 s"' in lines[0]
+    assert 'reason="body over 1024 bytes (PINGFORWARD_MAX_BODY)"' in lines[1]
+    endpoint.ping_log.summarize()
+    assert endpoint.ping_log.rejections == {"too_slow": 1, "too_large": 1, "loop": 1}
