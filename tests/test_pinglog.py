@@ -96,8 +96,18 @@ def test_json_line() -> None:
 @pytest.mark.parametrize("log", [TEXT, JSON], ids=["text", "json"])
 def test_untrusted_values_stay_on_one_line(value: str, log: PingLog) -> None:
     line = PingLine(
-        "-", "x", value, value, None, FaultCode.UPSTREAM_ERROR, 1.0, value, value, value,
-        refusal="source_unreachable", failure="reset",
+        "-",
+        "x",
+        value,
+        value,
+        None,
+        FaultCode.UPSTREAM_ERROR,
+        1.0,
+        value,
+        value,
+        value,
+        refusal="source_unreachable",
+        failure="reset",
     )
     output = log.format(line)
     assert len(output.splitlines()) == 1 and output.isprintable()
