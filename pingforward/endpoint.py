@@ -276,9 +276,12 @@ class PingbackEndpoint:
                 # Inside the ping's deadline: the checks get at most half of it, the forward the rest.
                 started = time.perf_counter()
                 refusal = await verifier.verify(ping, timeout / 2)
+                verified = time.perf_counter() - started
+                if self.counts is not None:
+                    self.counts.verification.observe(verified)
                 if refusal is not None:
                     return Outcome(refusal.text, refusal.code, refusal=refusal.name)
-                timeout -= time.perf_counter() - started
+                timeout -= verified
             # The transport shares its connections fairly between destinations (pool.Slots).
             counts = self.counts  # the forward is timed only when metrics are on
             started = time.perf_counter() if counts is not None else 0.0

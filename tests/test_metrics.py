@@ -152,7 +152,7 @@ def test_metrics_count_real_pings_through_the_procfile_command() -> None:
     # with what was wrong and who sent it.
     (refused_connection,) = [line for line in log if f"port {closed} refused" in line]
     assert refused_connection.endswith(" failure=refused") and " outcome=50 " in refused_connection
-    at_once = {line.split(" kind=")[1].split(" ")[0]: line for line in log if " refused kind=" in line}
+    at_once = {line.split(" kind=")[1].split(" ")[0]: line for line in log if " rejected kind=" in line}
     assert set(at_once) == {"unroutable", "invalid_forward", "malformed", "too_large"}
     assert all(" client=127.0.0.1 " in line for line in at_once.values())
     assert (
@@ -183,6 +183,8 @@ def test_metrics_count_real_pings_through_the_procfile_command() -> None:
     assert samples[("pingforward_forward_seconds_count", ())] == 4
     assert samples[("pingforward_forward_seconds_bucket", (("le", "+Inf"),))] == 4
     assert 0 < samples[("pingforward_forward_seconds_sum", ())] < 4 * 10
+    # Every ping that passed the windows had its source verified (once fetched, then from the cache).
+    assert samples[("pingforward_verification_seconds_count", ())] == 4
 
 
 def test_metrics_need_the_token_and_are_off_by_default() -> None:
@@ -328,3 +330,29 @@ def test_requests_the_server_refuses_before_the_app_are_counted() -> None:
         if name == "pingforward_requests_rejected_total" and dict(labels)["layer"] == "server"
     }
     assert refused == {"414": 1, "400-malformed": 1}
+
+
+def test_lookups_and_slots_of_the_forwards() -> None:
+    with source_page() as source, receiver() as wm, procfile(METRICS_ENV) as server:
+        named = wm.url.replace("127.0.0.1", "localhost")  # a name: looked up, then cached
+        assert ping(server.base, named + "/ok", source, TARGET.format(0)) == "Webmention accepted"
+        assert ping(server.base, named + "/ok", source, TARGET.format(1)) == "Webmention accepted"
+        # A request line over the server's bound: refused before the app (414).
+        with ThreadPoolExecutor(3) as pool:
+            held = [pool.submit(ping, server.base, wm.url + "/hang", source, TARGET.format(2 + n)) for n in range(3)]
+            for _ in range(100):  # bounded: 10 s
+                if len([r for r in wm.received if r.path == "/hang"]) == 3:
+                    break
+                time.sleep(0.1)
+            during = scrape(server.base)
+            wm.stop.set()  # the receiver answers the held pings now
+            assert all("was successful" in str(future.result(timeout=15)) for future in held)
+        after = scrape(server.base)
+    assert during[("pingforward_outbound_slots", (("state", "in_use"),))] == 3
+    assert during[("pingforward_outbound_slots", (("state", "waiting"),))] == 0
+    assert after[("pingforward_outbound_slots", (("state", "in_use"),))] == 0
+    lookups = {
+        dict(labels)["result"]: n for (name, labels), n in after.items() if name == "pingforward_dns_lookups_total"
+    }
+    # localhost looked up once, then taken from the cache (other names the checks looked up count apart)
+    assert (lookups["answered"], lookups["cached"]) == (1, 1)
