@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.responses import PlainTextResponse
@@ -356,3 +357,32 @@ def test_lookups_and_slots_of_the_forwards() -> None:
     }
     # localhost looked up once, then taken from the cache (other names the checks looked up count apart)
     assert (lookups["answered"], lookups["cached"]) == (1, 1)
+
+
+@pytest.mark.anyio
+async def test_in_process_the_exporter_renders_what_was_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prometheus-client reads its directory from the environment only; restored after the test, so that no
+    # server a later test starts inherits it.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    async with (
+        LifespanManager(create_app(Settings(metrics_token=TOKEN))) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://proxy.test") as client,
+    ):
+        await client.post("/", content=b"<methodCall/>")  # no forward parameter
+        await client.post("/?forward=ftp%3A%2F%2Fx", content=b"<methodCall/>")
+        assert (await client.get("/metrics")).status_code == 401
+        response = await client.get("/metrics", headers=BEARER)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    rejected = {labels: n for (name, labels), n in samples.items() if name == "pingforward_requests_rejected_total"}
+    assert rejected == {
+        (("layer", "app"), ("reason", "unroutable")): 1,
+        (("layer", "app"), ("reason", "invalid_forward")): 1,
+    }
+    assert samples[("pingforward_workers", ())] == 1
+    assert samples[("pingforward_outbound_slots", (("state", "in_use"),))] == 0
