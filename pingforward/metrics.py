@@ -7,8 +7,8 @@ With several workers behind one port a scrape reaches any one of them, so each w
 to files in a directory they share and the scraped one sums them all: prometheus-client's multiprocess
 mode (https://prometheus.github.io/client_python/multiprocess/). A ping only adds to ints and dicts of
 its worker (`Counts`); `Exporter.flush` adds what changed to prometheus-client's file-backed values once
-a second and before each scrape, as each of its own writes costs several times what a ping's counting
-does (bench/README.md).
+a second and before each scrape, as each of its own writes costs more than a ping's counting does
+(bench/README.md).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class Counts:
     verification: Buckets = field(default_factory=Buckets)
 
     def ping(self, outcome: Outcome) -> None:
-        # A plain dict: Counter's `+=` costs four times as much (bench/README.md); labels are made at flush time.
+        # A plain dict: Counter's `+=` costs more (bench/README.md); labels are made at flush time.
         key = (outcome.fault, outcome.refusal, outcome.failure)
         self.pings[key] = self.pings.get(key, 0) + 1
 
