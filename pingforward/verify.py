@@ -91,8 +91,9 @@ class Refusal:
 
 
 def _same_resource(url: str) -> str | None:
-    """A key equal for URLs naming one resource: fragment dropped, scheme and host lower-cased, default port
-    and empty path made explicit (RFC 3986 §6.2.2.1 and §6.2.3). None for what is not an http(s) URL."""
+    """A key equal for URLs naming one resource: fragment dropped, scheme and host lower-cased, an IDN host in
+    its ASCII form, default port and empty path made explicit, percent-encodings normalized and dot-segments
+    removed (RFC 3986 §6.2.2 and §6.2.3). None for what is not an http(s) URL."""
     try:
         parts = urlsplit(urldefrag(url)[0])
         port = parts.port
@@ -101,11 +102,44 @@ def _same_resource(url: str) -> str | None:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
         return None
-    host = parts.hostname.rstrip(".")
+    host = _ascii_host(parts.hostname.rstrip("."))
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port in (None, {"http": 80, "https": 443}[scheme]) else f"{host}:{port}"
-    return f"{scheme}://{netloc}{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
+    # urljoin removes dot-segments (RFC 3986 §5.2.4), as a browser does before it requests the page.
+    path = _normal_escapes(urlsplit(urljoin("http://h/", parts.path or "/")).path)
+    query = _normal_escapes(parts.query)
+    return f"{scheme}://{netloc}{path}{'?' + query if query else ''}"
+
+
+# RFC 3986 §2.3: unreserved characters mean the same percent-encoded or not.
+_UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+# What a browser percent-encodes in a URL's path and query before requesting it (WHATWG URL, "path
+# percent-encode set"): controls, space, and every non-ASCII character, as UTF-8.
+_TO_ENCODE: Final = re.compile(r'[^\x21-\x7e]|["<>`{}]')
+
+
+def _normal_escapes(part: str) -> str:
+    """`part` with what a browser encodes encoded, unreserved characters decoded and the rest's hex in
+    upper case (RFC 3986 §6.2.2.1 and §6.2.2.2)."""
+    part = _TO_ENCODE.sub(lambda m: "".join(f"%{byte:02X}" for byte in m[0].encode("utf-8", "replace")), part)
+
+    def one(match: re.Match[str]) -> str:
+        char = chr(int(match[1], 16))
+        return char if char in _UNRESERVED else f"%{match[1].upper()}"
+
+    return _ESCAPE.sub(one, part)
+
+
+def _ascii_host(host: str) -> str:
+    """An internationalized host name in its ASCII (punycode) form, as it is looked up (RFC 5891 §4)."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:  # not a valid IDN: compared as written
+        return host
 
 
 def shingles(text: str) -> frozenset[int]:

@@ -66,6 +66,63 @@ LINK_CASES = [
         id="base",
     ),
     pytest.param(SOURCE, HTML, f'<a href="  {TARGET}\n">x</a>', TARGET, True, id="whitespace-around"),
+    pytest.param(
+        SOURCE,
+        HTML,
+        '<a href="https://xn--bcher-kva.example/x">x</a>',
+        "https://bücher.example/x",
+        True,
+        id="idn-punycode",
+    ),
+    pytest.param(
+        SOURCE,
+        HTML,
+        '<a href="https://bücher.example/x">x</a>',
+        "https://xn--bcher-kva.example/x",
+        True,
+        id="idn-unicode",
+    ),
+    pytest.param(
+        SOURCE, HTML, '<a href="https://site.example/café">x</a>', "https://site.example/caf%C3%A9", True, id="raw-utf8"
+    ),
+    pytest.param(
+        SOURCE, HTML, '<a href="https://site.example/caf%C3%A9">x</a>', "https://site.example/café", True, id="encoded"
+    ),
+    pytest.param(
+        SOURCE,
+        HTML,
+        '<a href="https://site.example/caf%c3%a9">x</a>',
+        "https://site.example/caf%C3%A9",
+        True,
+        id="hex-case",
+    ),
+    pytest.param(
+        SOURCE,
+        HTML,
+        '<a href="https://site.example/%7Eme/?q=%61">x</a>',
+        "https://site.example/~me/?q=a",
+        True,
+        id="unreserved",
+    ),
+    pytest.param(
+        SOURCE, HTML, '<a href="https://site.example/a b">x</a>', "https://site.example/a%20b", True, id="space-in-path"
+    ),
+    pytest.param(
+        SOURCE,
+        HTML,
+        '<a href="https://site.example/2024/x/../03/weather-station/">x</a>',
+        TARGET,
+        True,
+        id="dot-segments",
+    ),
+    pytest.param(
+        SOURCE,
+        HTML,
+        '<a href="https://site.example/a%2Fb">x</a>',
+        "https://site.example/a/b",
+        False,
+        id="reserved-kept",
+    ),
     pytest.param(SOURCE, HTML, f"<p>{TARGET}</p>", TARGET, False, id="html-text-is-no-link"),
     pytest.param(SOURCE, HTML, f"<!-- <a href='{TARGET}'> -->", TARGET, False, id="in-a-comment"),
     pytest.param(SOURCE, HTML, f"<script>var u = '<a href=\"{TARGET}\">';</script>", TARGET, False, id="in-a-script"),
@@ -246,6 +303,7 @@ def test_a_site_cannot_copy_itself() -> None:
         (TARGET, TARGET, True),
         (TARGET + "#comment-3", TARGET, True),
         ("https://SITE.example:443/2024/03/weather-station/", TARGET, True),
+        ("https://site.example/2024/03/weather%2Dstation/", TARGET, True),
         (SOURCE, TARGET, False),
         (TARGET + "?replytocom=3", TARGET, False),
     ],
