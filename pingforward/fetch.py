@@ -248,6 +248,9 @@ class Verifier:
                         target_page = await target
                 except TimeoutError:  # the copy check needs the target's text; without it, it is not made
                     target_page = None
+            if isinstance(source, Page) and isinstance(target_page, Page) and len(source.visible) > THREAD_BYTES:
+                # The copy check reads the source's text whole: a long one in a worker thread, as `read_page`.
+                return await asyncio.to_thread(judge, ping, source, target_page, self.checks.copy_share)
             return judge(ping, source, target_page, self.checks.copy_share)
         finally:
             if target is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import re
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,8 +45,13 @@ DEFAULT_COPY_SHARE: Final = 0.5
 # wp-block-post-content); else the first <article>, else the first <main>, else the whole page.
 _CONTENT_CLASSES: Final = frozenset({"e-content", "entry-content", "post-content", "wp-block-post-content"})
 _WORD: Final = re.compile(r"\w+")
-# Shingles are made only for the copy check, which most junk never reaches; each set holds at most the
-# shingles of this much text (about 40,000, 3 MB).
+# Characters that show nothing: a soft hyphen or a zero-width joiner inside a word leaves it whole for a
+# reader, so it must for the measure too (else "weath&shy;er" hides a copy). Unicode's format characters
+# (category Cf) that occur in text: https://www.unicode.org/reports/tr44/#General_Category_Values
+_INVISIBLE: Final = re.compile("[\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+# The target's shingles are made only for the copy check, which most junk never reaches; its set holds at
+# most the shingles of this much text (about 40,000, 3 MB). The source's text is read whole, up to the page
+# cap: a copy pushed below this much filler is still a copy.
 MAX_SHINGLED: Final = 256 * 1024
 
 
@@ -145,18 +151,28 @@ def _ascii_host(host: str) -> str:
 def shingles(text: str) -> frozenset[int]:
     """The hashes of every run of SHINGLE consecutive words, case folded (a shorter text: the text's one run).
 
-    Only the first MAX_SHINGLED characters count: a copy carries a target's text near its top, and the
-    sets of the last few texts are kept (one post's 40 pings compare one source with 40 targets).
+    Only the first MAX_SHINGLED characters count: a target's main content is its post, and the sets of the
+    last few targets are kept (one post's 40 pings compare one source with 40 targets).
     """
     return _shingles(text[:MAX_SHINGLED])
 
 
 @functools.lru_cache(maxsize=8)
 def _shingles(text: str) -> frozenset[int]:
-    found = _WORD.findall(text.lower())
+    return frozenset(_runs(text))
+
+
+@functools.lru_cache(maxsize=8)
+def _all_runs(text: str) -> array[int]:
+    # 8 bytes a shingle: the runs of a source read whole (at most the page cap) cost about a tenth of a set.
+    return array("q", _runs(text))
+
+
+def _runs(text: str) -> Iterable[int]:
+    found = _WORD.findall(_INVISIBLE.sub("", text).lower())
     if len(found) < SHINGLE:
-        return frozenset({hash(tuple(found))}) if found else frozenset()
-    return frozenset(map(hash, zip(*(found[i:] for i in range(SHINGLE)), strict=False)))
+        return (hash(tuple(found)),) if found else ()
+    return map(hash, zip(*(found[i:] for i in range(SHINGLE)), strict=False))
 
 
 def read_page(url: str, headers: Headers, body: bytes) -> Page:
@@ -229,7 +245,7 @@ def copied_share(source: Page, target: Page) -> float | None:
     theirs = shingles(target.content)
     if len(theirs) < MIN_SHINGLES:
         return None
-    return len(theirs & shingles(source.visible)) / len(theirs)
+    return len(theirs.intersection(_all_runs(source.visible))) / len(theirs)
 
 
 def _host(url: str) -> str:

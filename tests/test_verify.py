@@ -191,6 +191,15 @@ SHARE_CASES = [
     pytest.param(pages.block_theme_reply(TARGET, quote=()), 0.0, 0.0, id="nothing-quoted"),
     pytest.param(pages.block_theme_reply(TARGET, quote=pages.ARTICLE[:2]), 0.2, 0.45, id="two-paragraphs-quoted"),
     pytest.param(pages.block_theme_reply(TARGET, quote=pages.ARTICLE[:4]), 0.6, 0.8, id="most-quoted"),
+    # A scraper's tricks that leave the copy as it reads: below much filler, or with invisible characters in words.
+    pytest.param(
+        b"<div hidden>" + b"buy cheap phones now " * 15_000 + b"</div>" + pages.scraper_copy(TARGET),
+        0.95,
+        1.0,
+        id="copy-below-filler",
+    ),
+    pytest.param(pages.scraper_copy(TARGET).replace(b"e", b"&shy;e"), 0.95, 1.0, id="copy-soft-hyphens"),
+    pytest.param(pages.scraper_copy(TARGET).replace(b"a", "a\u200d".encode()), 0.95, 1.0, id="copy-zero-width-joiners"),
 ]
 
 
