@@ -30,6 +30,7 @@ from limits.util import WindowStats, parse_many
 
 from pingforward.config import Settings
 from pingforward.forward import Outcome
+from pingforward.net.policy import host_literal
 from pingforward.pingback import FaultCode
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,23 @@ def _subscriber(client: str) -> str:
         return client
 
 
+def host_key(host: str) -> str:
+    """One name for the host a URL names however it is spelled: lower case, no final dot, an IDN in its
+    ASCII form, and an address in its one canonical form (`127.1`, `2130706437` and `[::ffff:127.0.0.1]`
+    reach 127.0.0.1 as surely as `127.0.0.1` does: a bound per spelling is no bound)."""
+    host = host.strip("[]").rstrip(".").lower()
+    literal = host_literal(host)
+    if literal is not None:
+        mapped = getattr(literal, "ipv4_mapped", None)
+        return str(mapped or literal)
+    if not host.isascii():
+        try:
+            return host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return host
+    return host
+
+
 def _hit(item: RateLimitItem, key: tuple[str, ...]) -> Callable[[_Store], Awaitable[bool]]:
     return lambda store: store.fixed.hit(item, *key)
 
@@ -229,7 +247,7 @@ class Windows:
         """None when the client and the source's host are within their windows, else fault 429 saying when to retry."""
         for setting, items, subject in (
             (FLOOD_CLIENT_SETTING, self.flood_client, _subscriber(client)),
-            (FLOOD_SOURCE_SETTING, self.flood_source, source_host.lower()),
+            (FLOOD_SOURCE_SETTING, self.flood_source, host_key(source_host) if source_host else ""),
         ):
             full = await self._exceeded(items, setting, subject) if subject else None
             if full is not None:
@@ -289,4 +307,4 @@ class Windows:
 
     async def fetch_allowed(self, host: str) -> bool:
         """Whether verification may make one more GET to `host` in its windows (each call counts one)."""
-        return await self._exceeded(self.fetch_bound, FETCH_BOUND_SETTING, host.lower()) is None
+        return await self._exceeded(self.fetch_bound, FETCH_BOUND_SETTING, host_key(host)) is None

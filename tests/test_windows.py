@@ -20,7 +20,7 @@ import respx
 
 from pingforward.config import Settings
 from pingforward.pingback import FaultCode
-from pingforward.windows import BoundedMemory, Windows
+from pingforward.windows import BoundedMemory, Windows, host_key
 from tests.servers import RedisServer, redis_available, redis_server
 
 pytestmark = pytest.mark.anyio
@@ -151,6 +151,33 @@ async def test_fetches_to_one_host_are_bounded(windows: Windows) -> None:
 
 
 # Settings
+
+
+SPELLINGS = ["127.0.0.5", "127.0.0.5.", "127.000.000.005", "2130706437", "0x7f000005", "127.5", "[::ffff:127.0.0.5]"]
+
+
+async def test_a_host_spelled_many_ways_has_one_fetch_bound(windows: Windows) -> None:
+    # Each spelling reaches the same address: a bound per spelling would let 60 GETs a minute through per spelling.
+    allowed = [await windows.fetch_allowed(SPELLINGS[n % len(SPELLINGS)]) for n in range(100)]
+    assert allowed.count(True) == 60
+
+
+async def test_a_source_host_spelled_many_ways_has_one_share(windows: Windows) -> None:
+    answers = [await windows.flood(f"192.0.2.{n % 50}", SPELLINGS[n % len(SPELLINGS)]) for n in range(61)]
+    assert [answer is None for answer in answers].count(True) == 60
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("Victim.Example.", "victim.example"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("[2001:DB8::1]", "2001:db8::1"),
+    ],
+)
+def test_host_key(host: str, key: str) -> None:
+    assert host_key(host) == key
 
 
 async def test_the_master_switch_turns_every_window_off() -> None:
