@@ -162,7 +162,7 @@ class Pages:
                 return Unread(Missing.GONE if exc.no_such_name else Missing.UNREACHABLE, exc.reason)
             except OutboundError as exc:
                 return Unread(Missing.GONE if exc.failure is Failure.URL else Missing.UNREACHABLE, exc.reason)
-            except httpx.InvalidURL:
+            except (httpx.InvalidURL, UnicodeError):  # UnicodeError: a host IDNA rejects, such as "xn--"
                 return Unread(Missing.GONE, f"{url!r} cannot be requested")
             if len(body) > THREAD_BYTES:
                 return await asyncio.to_thread(read_page, url, headers, body)

@@ -136,6 +136,14 @@ async def test_a_refused_connection_is_for_now(local_settings: Settings) -> None
     assert isinstance(result, Unread) and result.missing is Missing.UNREACHABLE
 
 
+@pytest.mark.parametrize("url", ["http://xn--/", "http://xn--a/post", "http://xn--zz-/"])
+async def test_a_host_that_is_no_valid_idn_is_gone(local_settings: Settings, url: str) -> None:
+    # httpx refuses to build the request (IDNA rejects the A-label): nothing is looked up or sent.
+    async with fetcher(local_settings) as pages_:
+        result = await pages_.get(url)
+    assert isinstance(result, Unread) and result.missing is Missing.GONE and "cannot be requested" in result.reason
+
+
 async def test_a_hanging_source_is_given_up_in_time(local_settings: Settings, site: Site) -> None:
     stop = threading.Event()
     site.routes[("GET", "/hang")] = lambda: (stop.wait(5), (200, HTML, b""))[1]
