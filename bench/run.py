@@ -762,6 +762,8 @@ def round_two_rows(edge: dict[str, Any]) -> list[Row]:
             )
         )
     return rows
+
+
 def spam_rows(checks: dict[str, Any], rate: int) -> list[Row]:
     rounds = checks["rounds"]
 

@@ -282,6 +282,7 @@ class PingbackEndpoint:
                 if refusal is not None:
                     return Outcome(refusal.text, refusal.code, refusal=refusal.name)
                 timeout -= verified
+            await windows.count_source(_host(ping.source))
             # The transport shares its connections fairly between destinations (pool.Slots).
             counts = self.counts  # the forward is timed only when metrics are on
             started = time.perf_counter() if counts is not None else 0.0

@@ -167,6 +167,10 @@ def _hit(item: RateLimitItem, key: tuple[str, ...]) -> Callable[[_Store], Awaita
     return lambda store: store.fixed.hit(item, *key)
 
 
+def _test(item: RateLimitItem, key: tuple[str, ...]) -> Callable[[_Store], Awaitable[bool]]:
+    return lambda store: store.fixed.test(item, *key)
+
+
 def _stats(item: RateLimitItem, key: tuple[str, ...]) -> Callable[[_Store], Awaitable[WindowStats]]:
     return lambda store: store.fixed.get_window_stats(item, *key)
 
@@ -244,12 +248,17 @@ class Windows:
         return result
 
     async def flood(self, client: str, source_host: str) -> Outcome | None:
-        """None when the client and the source's host are within their windows, else fault 429 saying when to retry."""
-        for setting, items, subject in (
-            (FLOOD_CLIENT_SETTING, self.flood_client, _subscriber(client)),
-            (FLOOD_SOURCE_SETTING, self.flood_source, host_key(source_host) if source_host else ""),
+        """None when the client and the source's host are within their windows, else fault 429 saying when to retry.
+
+        The client's ping is counted here. The source's host is only looked at: any client can name any
+        site as its source, so a ping counts against its source's host once its source has passed the
+        checks (`count_source`), and pings naming made-up pages of an honest blog cannot use up its share.
+        """
+        for setting, items, subject, count in (
+            (FLOOD_CLIENT_SETTING, self.flood_client, _subscriber(client), True),
+            (FLOOD_SOURCE_SETTING, self.flood_source, host_key(source_host) if source_host else "", False),
         ):
-            full = await self._exceeded(items, setting, subject) if subject else None
+            full = await self._exceeded(items, count, setting, subject) if subject else None
             if full is not None:
                 item, retry = full
                 who = f"from {subject}" if setting == FLOOD_CLIENT_SETTING else f"with a source on {subject}"
@@ -260,10 +269,20 @@ class Windows:
                 )
         return None
 
-    async def _exceeded(self, items: tuple[RateLimitItem, ...], *key: str) -> tuple[RateLimitItem, int] | None:
-        """Count one in each window in turn; the first that was already full and the seconds until it has room."""
+    async def count_source(self, source_host: str) -> None:
+        """Count a ping whose source has passed the checks against its host's windows (see `flood`)."""
+        if source_host:
+            key = (FLOOD_SOURCE_SETTING, host_key(source_host))
+            for item in self.flood_source:
+                await self._use(_hit(item, key))
+
+    async def _exceeded(
+        self, items: tuple[RateLimitItem, ...], count: bool, *key: str
+    ) -> tuple[RateLimitItem, int] | None:
+        """Count one in each window in turn (or, without `count`, only look); the first that was already full
+        and the seconds until it has room."""
         for item in items:
-            if not await self._use(_hit(item, key)):
+            if not await self._use(_hit(item, key) if count else _test(item, key)):
                 stats = await self._use(_stats(item, key))
                 return item, max(1, math.ceil(stats.reset_time - time.time()))
         return None
@@ -307,4 +326,4 @@ class Windows:
 
     async def fetch_allowed(self, host: str) -> bool:
         """Whether verification may make one more GET to `host` in its windows (each call counts one)."""
-        return await self._exceeded(self.fetch_bound, FETCH_BOUND_SETTING, host_key(host)) is None
+        return await self._exceeded(self.fetch_bound, True, FETCH_BOUND_SETTING, host_key(host)) is None

@@ -127,11 +127,22 @@ async def test_an_ipv6_client_is_counted_by_its_64(windows: Windows) -> None:
 
 
 async def test_a_source_host_past_its_share_gets_fault_429(windows: Windows) -> None:
-    answers = [await windows.flood(f"192.0.2.{n % 200}", "Spam.Example") for n in range(100)]
+    answers = []
+    for n in range(100):  # each from another client; each source passes the checks and is counted
+        answers.append(answer := await windows.flood(f"192.0.2.{n % 200}", "Spam.Example"))
+        if answer is None:
+            await windows.count_source("spam.example.")
     assert answers.count(None) == 60
     refused = answers[-1]
     assert refused is not None and refused.fault == FaultCode.TOO_MANY
     assert "PINGFORWARD_FLOOD_SOURCE" in refused.text and "spam.example" in refused.text
+
+
+async def test_pings_whose_source_did_not_pass_leave_its_hosts_share_alone(windows: Windows) -> None:
+    # Any client may name an honest blog's made-up pages as sources: those pings are refused by the checks
+    # and never counted against the blog, so its own ping still passes.
+    assert [await windows.flood(f"192.0.2.{n}", "blog.example") for n in range(100)] == [None] * 100
+    assert await windows.flood("198.51.100.7", "blog.example") is None
 
 
 async def test_the_hourly_window_holds_after_the_minute() -> None:
@@ -163,7 +174,12 @@ async def test_a_host_spelled_many_ways_has_one_fetch_bound(windows: Windows) ->
 
 
 async def test_a_source_host_spelled_many_ways_has_one_share(windows: Windows) -> None:
-    answers = [await windows.flood(f"192.0.2.{n % 50}", SPELLINGS[n % len(SPELLINGS)]) for n in range(61)]
+    answers = []
+    for n in range(61):
+        host = SPELLINGS[n % len(SPELLINGS)]
+        answers.append(answer := await windows.flood(f"192.0.2.{n % 50}", host))
+        if answer is None:
+            await windows.count_source(host)
     assert [answer is None for answer in answers].count(True) == 60
 
 
