@@ -72,6 +72,7 @@ class Pages:
     ) -> None:
         self._transport = transport
         self._fetch_allowed = fetch_allowed
+        self._destination = transport.destination if isinstance(transport, PolicyTransport) else None
         self._timeout = timeout
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -137,7 +138,9 @@ class Pages:
 
         for _ in range(MAX_REDIRECTS + 1):
             host = _host(url)
-            if not await self._fetch_allowed(host):
+            # Counted by where the GET goes, so that many names for one victim share its bound.
+            where = await self._destination(host) if self._destination is not None else None
+            if not await self._fetch_allowed(where or host):
                 return Unread(Missing.BOUND, f"too many fetches to {host} just now")
             self.fetches += 1
             try:

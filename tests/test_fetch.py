@@ -234,3 +234,26 @@ async def test_pings_waiting_for_a_fetch_are_not_left_hanging_at_shutdown(local_
                 await asyncio.wait_for(waiting, 2)
     finally:
         stop.set()
+
+
+async def test_many_names_for_one_address_share_its_fetch_bound(local_settings: Settings, site: Site) -> None:
+    # A wildcard DNS entry gives an attacker any number of names for one victim: the bound counts where
+    # the GET goes, so every name here asks for the same destination, the victim's address.
+    site.routes[("GET", "/post")] = (200, HTML, b"<p>hello</p>")
+    port = int(site.url("/").split(":")[2].split("/")[0])
+
+    async def resolve(name: str, port: int) -> tuple[str, ...]:
+        return ("127.0.0.1",)
+
+    asked: list[str] = []
+
+    async def allowed(key: str) -> bool:
+        asked.append(key)
+        return True
+
+    async with PolicyTransport(local_settings.policy, LIMITS, resolver=resolve) as transport:
+        pages_ = Pages(transport, fetch_allowed=allowed)
+        for n in range(3):
+            assert isinstance(await pages_.get(f"http://n{n}.victim.example:{port}/post"), Page)
+        await pages_.aclose()
+    assert asked == ["127.0.0.1"] * 3

@@ -93,6 +93,16 @@ class PolicyTransport(httpx.AsyncBaseTransport):
         """Name lookups by result (resolver.Resolver.lookups), for metrics; empty with a resolver given in."""
         return Counter() if self._resolver is None else self._resolver.lookups
 
+    async def destination(self, host: str) -> str | None:
+        """The destination (`destination_of`) a request to `host` goes to, from its cached lookup; None if it
+        has none. Bounds per destination count this, not the name: any number of names (a wildcard DNS
+        entry) can point at one victim."""
+        try:
+            addresses = await self._resolve(host, 0)
+        except OutboundError:
+            return None
+        return destination_of(addresses[0]) if addresses else None
+
     async def _lookup(self, host: str, port: int) -> Sequence[str]:
         assert self._resolver is not None
         return await self._resolver.resolve(host)
