@@ -290,6 +290,15 @@ def judge(ping: Ping, source: Page | Unread, target: Page | Unread | None, copy_
             f"The source URI does not contain a link to the target URI ({VERIFY_SETTING}).",
             "no_link",
         )
+    if isinstance(target, Unread) and target.missing is Missing.BOUND and copy_share is not None:
+        # Past the fetch bound a ping waits, as every other ping past it does: a copy must not pass for
+        # want of the target's text while junk pings naming the owner's pages use up the bound.
+        return Refusal(
+            FaultCode.UPSTREAM_ERROR,
+            f"The target URI could not be read now to compare: {target.reason}; try again later "
+            f"({FETCH_BOUND_SETTING}).",
+            "fetch_bound",
+        )
     if copy_share is None or not isinstance(target, Page) or _host(source.url) == _host(target.url):
         # A site cannot scrape itself: two posts of one blog share its theme's text, and may link.
         return None

@@ -276,6 +276,15 @@ JUDGE_CASES = [
     pytest.param(COPY, _target(), None, None, id="copy-check-off"),
     pytest.param(COPY, None, DEFAULT_COPY_SHARE, None, id="target-not-fetched"),
     pytest.param(COPY, Unread(Missing.UNREACHABLE, "x"), DEFAULT_COPY_SHARE, None, id="target-unreadable"),
+    # Junk pings naming the owner's pages can use up the bound: the next ping waits, a copy does not pass.
+    pytest.param(
+        COPY,
+        Unread(Missing.BOUND, "too many"),
+        DEFAULT_COPY_SHARE,
+        (FaultCode.UPSTREAM_ERROR, "fetch_bound"),
+        id="target-past-the-bound",
+    ),
+    pytest.param(COPY, Unread(Missing.BOUND, "too many"), None, None, id="target-past-the-bound-copy-check-off"),
     pytest.param(
         read_page(SOURCE, HTML, pages.block_theme_reply(TARGET, quote=pages.ARTICLE[:4])),
         _target(),
