@@ -236,7 +236,9 @@ class Verifier:
         give_up = loop.time() + seconds
         # The target is fetched beside the source, not after it: an honest ping waits for one round trip.
         target = None
-        if self.checks.copy_share is not None:
+        # A site cannot scrape itself (see verify.judge): a source on the target's own host needs no target,
+        # and its fetch would only spend the host's fetch bound (a post linking its own site's pages).
+        if self.checks.copy_share is not None and _host(ping.source) != _host(ping.target):
             target = loop.create_task(self.pages.get(ping.target))
         try:
             try:

@@ -257,3 +257,12 @@ async def test_many_names_for_one_address_share_its_fetch_bound(local_settings: 
             assert isinstance(await pages_.get(f"http://n{n}.victim.example:{port}/post"), Page)
         await pages_.aclose()
     assert asked == ["127.0.0.1"] * 3
+
+
+async def test_a_source_on_the_targets_own_host_costs_no_target_fetch(local_settings: Settings, site: Site) -> None:
+    # A site cannot scrape itself, so a post linking its own site's pages spends no fetch on each target.
+    target = site.url("/notes/1")
+    site.routes[("GET", "/post")] = (200, HTML, f'<p><a href="{target}">a note</a></p>'.encode())
+    async with fetcher(local_settings) as pages_:
+        assert await Verifier(pages_, Checks()).verify(Ping(site.url("/post"), target), 5.0) is None
+    assert len(site.received("GET", "/post")) == 1 and not site.received("GET", "/notes/1")
