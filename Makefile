@@ -1,14 +1,14 @@
 # On a fresh machine with Python 3.11+ and make:
 #   make demo   one real pingback through a local proxy to a local Webmention receiver, step by step
 #   make run    serve on http://127.0.0.1:8000 (make run PORT=9000 for another port)
-#   make test   every check: format, lint, types, tests
+#   make test   every check: format, lint, types, tests (about a minute; make test-all adds the slow ones)
 #   make bench  the speed benchmark (bench/README.md; a few minutes, needs wrk; not part of test)
 PYTHON ?= python3
 PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run demo test test-root lint bench clean
+.PHONY: run demo test test-all test-root lint bench clean
 
 $(BIN)/.installed: pyproject.toml requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit("pingforward needs Python 3.11+, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -31,10 +31,15 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check pingforward tests
 	$(BIN)/mypy
 
-# Two pytest workers, each file on one of them; branch coverage must reach pyproject.toml's fail_under.
-# Tests that need root (a private network namespace) are marked and run by `make test-root` (CI runs both).
+# Four pytest workers on the cores (most tests wait on sockets), each file on one of them. Tests marked
+# slow (real process trees, fresh installs) and root (private network namespaces) are left to the targets
+# below, which CI runs too.
 test: lint
-	$(BIN)/pytest -n 2 --dist loadfile -m "not root" --cov --cov-report=term
+	$(BIN)/pytest -n 4 --dist loadfile -m "not root and not slow"
+
+# Every test but the root ones, with branch coverage, which must reach pyproject.toml's fail_under.
+test-all: $(BIN)/.installed
+	$(BIN)/pytest -n 4 --dist loadfile -m "not root" --cov --cov-report=term
 
 test-root: $(BIN)/.installed
 	$(BIN)/pytest -m root

@@ -144,6 +144,7 @@ def _healthy(command: str, workdir: Path, environ: dict[str, str]) -> bool:
     return subprocess.run(["sh", "-c", command], cwd=workdir, env=environ, timeout=30).returncode == 0
 
 
+@pytest.mark.slow
 def test_image_starts_serves_and_stops(image: tuple[Path, dict[str, str], Dockerfile], tmp_path: Path) -> None:
     workdir, environ, spec = image
     port = free_port()
@@ -180,6 +181,7 @@ def test_image_starts_serves_and_stops(image: tuple[Path, dict[str, str], Docker
     assert not _healthy(health, workdir, environ)
 
 
+@pytest.mark.slow
 def test_image_has_the_cli(image: tuple[Path, dict[str, str], Dockerfile]) -> None:
     workdir, environ, spec = image
     done = subprocess.run(
@@ -188,6 +190,7 @@ def test_image_has_the_cli(image: tuple[Path, dict[str, str], Dockerfile]) -> No
     assert done.returncode == 0 and done.stdout.startswith("pingforward "), done.stderr
 
 
+@pytest.mark.slow
 def test_cli_installs_from_the_repository(tmp_path: Path) -> None:
     # What `pipx install git+https://github.com/pingforward/pingforward` does: the project, not a
     # checkout, into an environment of its own, its dependencies from pyproject.toml's ranges.

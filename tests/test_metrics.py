@@ -215,6 +215,7 @@ def worker_counts(directory: Path) -> dict[int, float]:
     return counts
 
 
+@pytest.mark.slow
 def test_metrics_sum_the_workers_of_one_server() -> None:
     with source_page() as source, receiver() as wm, procfile(METRICS_ENV, workers=2) as server:
         (directory,) = Path(tempfile.gettempdir()).glob(f"pingforward-metrics-{os.getuid()}-{server.proc.pid}-*")
@@ -254,6 +255,7 @@ def children(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_dead_workers_counts_stay_and_its_gauges_go() -> None:
     with source_page() as source, receiver() as wm, procfile(METRICS_ENV, workers=2) as server:
         (directory,) = Path(tempfile.gettempdir()).glob(f"pingforward-metrics-{os.getuid()}-{server.proc.pid}-*")

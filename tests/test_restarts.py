@@ -70,6 +70,7 @@ def two_workers(server: Process) -> list[int] | None:
     return pids if len(pids) == 2 else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("to", ["supervisor", "every-process"])
 def test_sigterm_refuses_new_connections_at_once_and_answers_the_accepted_pings(tmp_path: Path, to: str) -> None:
     # `docker stop` signals the container's first process; Heroku signals every process of the dyno.
@@ -104,6 +105,7 @@ def test_sigterm_refuses_new_connections_at_once_and_answers_the_accepted_pings(
     assert "Closed the listening socket" in server.output()
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_a_warning_with_its_signal_and_its_requests(tmp_path: Path) -> None:
     held = 12
     with receiver() as slow, procfile_server(tmp_path, TWO_WORKERS) as server:

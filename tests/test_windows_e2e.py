@@ -117,6 +117,7 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
+@pytest.mark.slow
 def test_two_proxies_sharing_redis_forward_a_repeat_once(site: Site, wm: Receiver, redis_url: str) -> None:
     env = {**LOCAL_ENV, "PINGFORWARD_STATE_URL": redis_url}
     with proxy_process(env) as one, proxy_process(env) as two:
