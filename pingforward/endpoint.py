@@ -266,7 +266,8 @@ class PingbackEndpoint:
         # Before anything is fetched or sent: a flood and a repeat cost no request.
         windows = state["windows"]
         triple = (ping.source, ping.target, where.url)
-        refused = await windows.flood(client_ip, _host(ping.source)) or await windows.claim(*triple)
+        source_host = _host(ping.source) if windows.flood_source else ""  # only its window needs it
+        refused = await windows.flood(client_ip, source_host) or await windows.claim(*triple)
         if refused is not None:
             return refused
         delivered = False
@@ -282,7 +283,7 @@ class PingbackEndpoint:
                 if refusal is not None:
                     return Outcome(refusal.text, refusal.code, refusal=refusal.name)
                 timeout -= verified
-            await windows.count_source(_host(ping.source))
+            await windows.count_source(source_host)
             # The transport shares its connections fairly between destinations (pool.Slots).
             counts = self.counts  # the forward is timed only when metrics are on
             started = time.perf_counter() if counts is not None else 0.0

@@ -255,10 +255,13 @@ class Windows:
         checks (`count_source`), and pings naming made-up pages of an honest blog cannot use up its share.
         """
         for setting, items, subject, count in (
-            (FLOOD_CLIENT_SETTING, self.flood_client, _subscriber(client), True),
-            (FLOOD_SOURCE_SETTING, self.flood_source, host_key(source_host) if source_host else "", False),
+            (FLOOD_CLIENT_SETTING, self.flood_client, client, True),
+            (FLOOD_SOURCE_SETTING, self.flood_source, source_host, False),
         ):
-            full = await self._exceeded(items, count, setting, subject) if subject else None
+            if not items or not subject:  # a window that is off costs nothing
+                continue
+            subject = _subscriber(subject) if count else host_key(subject)
+            full = await self._exceeded(items, count, setting, subject)
             if full is not None:
                 item, retry = full
                 who = f"from {subject}" if setting == FLOOD_CLIENT_SETTING else f"with a source on {subject}"
@@ -271,7 +274,7 @@ class Windows:
 
     async def count_source(self, source_host: str) -> None:
         """Count a ping whose source has passed the checks against its host's windows (see `flood`)."""
-        if source_host:
+        if source_host and self.flood_source:
             key = (FLOOD_SOURCE_SETTING, host_key(source_host))
             for item in self.flood_source:
                 await self._use(_hit(item, key))
