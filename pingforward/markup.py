@@ -211,12 +211,21 @@ def _attributes(text: str, pos: int) -> tuple[Attributes, int] | None:
         attributes.setdefault(ascii_lower(name_match[0]), _unescape_attribute(value))
 
 
+# Phrasing elements that a browser renders inside a run of text without a break: `L<span>ast</span>` is
+# one word (HTML §3.2.5.2.5). Every other tag, <br> and <p> among them, separates the text around it.
+INLINE: Final = frozenset(
+    "a abbr b bdi bdo cite code data del dfn em font i ins kbd mark q s samp small span strong sub sup time tt u var "
+    "wbr".split()
+)
+
+
 def tags(text: str, texts: list[str] | None = None) -> Iterator[Token]:
     """Start and end tags in document order; everything else is skipped.
 
     With `texts`, the text between constructs is appended to it as the scan passes it, before the tag
-    that follows it is yielded (character references not expanded; see `visible_text`). The content of
-    raw text elements (<script>, <style>, <title>...) and of comments is not text.
+    that follows it is yielded, and a space for each tag that is not INLINE (character references not
+    expanded; see `visible_text`). The content of raw text elements (<script>, <style>, <title>...) and of
+    comments is not text.
     """
     pos = 0
     while (lt := text.find("<", pos)) != -1:
@@ -231,6 +240,8 @@ def tags(text: str, texts: list[str] | None = None) -> Iterator[Token]:
             if parsed is None:
                 return
             attributes, pos = parsed
+            if texts is not None and name not in INLINE:
+                texts.append(" ")
             yield True, name, attributes
             if name == "plaintext":
                 if texts is not None:
@@ -247,7 +258,10 @@ def tags(text: str, texts: list[str] | None = None) -> Iterator[Token]:
             if gt == -1:
                 return
             if name_match is not None:
-                yield False, ascii_lower(name_match[0]), {}
+                name = ascii_lower(name_match[0])
+                if texts is not None and name not in INLINE:
+                    texts.append(" ")
+                yield False, name, {}
             pos = gt + 1
         elif text.startswith("!--", lt + 1):  # §13.2.5.43 comment start state
             if text.startswith(">", lt + 4) or text.startswith("->", lt + 4):  # <!--> and <!--->
@@ -271,14 +285,15 @@ def tags(text: str, texts: list[str] | None = None) -> Iterator[Token]:
 
 
 def visible_text(text: str) -> str:
-    """The text a reader of the page sees, pieces joined by spaces: no markup, comments, scripts or styles.
+    """The text a reader of the page sees: no markup, comments, scripts or styles; words split only where tags
+    that are not INLINE stand between them.
 
     Linear, as `tags` is. Character references are expanded (html.unescape follows HTML §13.2.5.72).
     """
     texts: list[str] = []
     for _ in tags(text, texts):
         pass
-    return html.unescape(" ".join(texts))
+    return html.unescape("".join(texts))
 
 
 # microformats2 root class names (microformats.org/wiki/microformats2-parsing): h-entry, h-card, h-x-y...

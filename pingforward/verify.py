@@ -225,7 +225,7 @@ def read_page(url: str, headers: Headers, body: bytes) -> Page:
 
 
 def _unescaped(texts: Iterable[str]) -> str:
-    return html.unescape(" ".join(texts))
+    return html.unescape("".join(texts))  # markup.tags put a space wherever a tag breaks the text
 
 
 def links_to(page: Page, target: str) -> bool:

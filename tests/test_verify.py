@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pingforward.markup import visible_text
@@ -242,6 +244,16 @@ def test_visible_text_skips_markup_scripts_styles_and_comments() -> None:
     assert text.split() == ["one", "&", "two", "three", "<", "four"]
 
 
+def test_inline_tags_do_not_split_words_and_other_tags_do() -> None:
+    # A copy whose words are cut by inline tags reads as the same words, as a browser shows them.
+    assert visible_text("<p>L<span>ast</span> <em>w</em>ords</p><p>next<br>line</p>").split() == [
+        "Last",
+        "words",
+        "next",
+        "line",
+    ]
+
+
 P = Ping(SOURCE, TARGET)
 LINKING = read_page(SOURCE, HTML, pages.block_theme_reply(TARGET))
 COPY = read_page(SOURCE, HTML, pages.scraper_copy(TARGET))
@@ -331,3 +343,11 @@ def test_junk(source: str, target: str, refused: bool) -> None:
     assert (refusal is not None) is refused
     if refusal is not None:
         assert refusal.code == FaultCode.GENERIC and refusal.name == "self_ping"
+
+
+def test_a_copy_with_its_words_cut_by_inline_tags_is_still_a_copy() -> None:
+    markup = pages.scraper_copy(TARGET).decode()
+    cut = re.sub(r">([^<]+)<", lambda text: ">" + text[1].replace("e", "<span>e</span>") + "<", markup)
+    assert cut != markup
+    refusal = judge(P, read_page(SOURCE, HTML, cut.encode()), _target(), DEFAULT_COPY_SHARE)
+    assert refusal is not None and refusal.name == "copy"
