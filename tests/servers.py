@@ -206,7 +206,7 @@ def proxy(env: Mapping[str, str]) -> Iterator[str]:
     port = free_port()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        _running(procfile_command(port), port, env, Path(tmp) / "proxy.log") as p,
+        running(procfile_command(port), port, env, Path(tmp) / "proxy.log") as p,
     ):
         yield p.base
 
@@ -215,7 +215,7 @@ def proxy(env: Mapping[str, str]) -> Iterator[str]:
 def procfile_server(tmp: Path, env: Mapping[str, str]) -> Iterator[Process]:
     """The Procfile's command on a free port of 127.0.0.1 (a real process tree with WEB_CONCURRENCY > 1)."""
     port = free_port()
-    with _running(procfile_command(port), port, env, tmp / f"procfile-{port}.log") as process:
+    with running(procfile_command(port), port, env, tmp / f"procfile-{port}.log") as process:
         yield process
 
 
@@ -345,12 +345,12 @@ def run_cli_server(tmp: Path, *args: str, env: Mapping[str, str] | None = None) 
     """`python -m pingforward serve` on a free port of 127.0.0.1, stdout and stderr to a file."""
     port = free_port()
     command = [sys.executable, "-m", "pingforward", "serve", "--host", LOCALHOST, "--port", str(port), *args]
-    with _running(command, port, {**LOCAL_ENV, **(env or {})}, tmp / f"serve-{port}.log") as process:
+    with running(command, port, {**LOCAL_ENV, **(env or {})}, tmp / f"serve-{port}.log") as process:
         yield process
 
 
 @contextmanager
-def _running(command: list[str], port: int, env: Mapping[str, str], log: Path) -> Iterator[Process]:
+def running(command: list[str], port: int, env: Mapping[str, str], log: Path) -> Iterator[Process]:
     """Run a server with `env` as its only PINGFORWARD_* settings, from once /healthz answers until the block ends."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PINGFORWARD_")} | dict(env)
     with log.open("wb") as out:

@@ -10,7 +10,7 @@ import pytest
 
 from pingforward import __version__, supervisor
 from pingforward.cli import main
-from tests.servers import LOCAL_ENV, ROOT, _running, free_port
+from tests.servers import LOCAL_ENV, ROOT, free_port, running
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,7 +95,7 @@ def test_serve_refuses_a_port_that_is_not_one(
 def test_serve_listens_on_port_from_the_environment(tmp_path: Path) -> None:
     port = free_port()
     command = [sys.executable, "-m", "pingforward", "serve"]
-    with _running(command, port, {**LOCAL_ENV, "PORT": str(port)}, tmp_path / "serve.log") as server:
+    with running(command, port, {**LOCAL_ENV, "PORT": str(port)}, tmp_path / "serve.log") as server:
         assert f"Uvicorn running on http://127.0.0.1:{port} " in server.output()
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from pingforward.cli import main
 from pingforward.demo import SOURCE_PATH, TARGET_PATH
-from tests.servers import LOCAL_ENV, ROOT, _running, free_port, receiver, serve_site
+from tests.servers import LOCAL_ENV, ROOT, free_port, receiver, running, serve_site
 
 
 def make_dry_run(*args: str) -> list[str]:
@@ -62,7 +62,7 @@ def test_make_run_takes_a_port_and_logs_one_line_per_ping(tmp_path: Path) -> Non
     command = shlex.split(make_dry_run("run", f"PORT={port}")[-1])
     assert command[-2:] == ["--port", str(port)]
     target = "https://site.example/2024/05/a-post"
-    with receiver() as wm, serve_site() as blog, _running(command, port, LOCAL_ENV, tmp_path / "run.log") as server:
+    with receiver() as wm, serve_site() as blog, running(command, port, LOCAL_ENV, tmp_path / "run.log") as server:
         blog.routes[("GET", "/reply")] = (200, [], f'<a href="{target}">a post</a>'.encode())
         with xmlrpc.client.ServerProxy(f"{server.base}/?forward={quote(wm.url + '/ok', safe='')}") as proxy:
             assert proxy.pingback.ping(blog.url("/reply"), target) == "Webmention accepted"

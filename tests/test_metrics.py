@@ -29,7 +29,7 @@ from pingforward.errors import ConfigError, Failure
 from pingforward.forward import Outcome
 from pingforward.metrics import MAX_VALUES, Bounded, Buckets, Counts, _check_private, ping_labels
 from pingforward.pingback import FaultCode
-from tests.servers import LOCAL_ENV, Process, _running, free_port, ping, procfile_command, receiver, serve_site
+from tests.servers import LOCAL_ENV, Process, free_port, ping, procfile_command, receiver, running, serve_site
 
 TOKEN = "metrics-token-0123456789"
 METRICS_ENV = {**LOCAL_ENV, "PINGFORWARD_METRICS_TOKEN": TOKEN}
@@ -91,7 +91,7 @@ def procfile(env: dict[str, str], workers: int = 1) -> Iterator[Process]:
     concurrency = {"WEB_CONCURRENCY": str(workers)} if workers > 1 else {}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        _running(procfile_command(port), port, {**env, **concurrency}, Path(tmp) / "proxy.log") as process,
+        running(procfile_command(port), port, {**env, **concurrency}, Path(tmp) / "proxy.log") as process,
     ):
         yield process
 

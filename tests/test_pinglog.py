@@ -18,7 +18,7 @@ from pingforward.config import LogFormat, Settings
 from pingforward.endpoint import PingbackEndpoint
 from pingforward.pingback import FaultCode
 from pingforward.pinglog import MAX_EXAMPLE, JsonFormatter, PingLine, PingLog, Rejection, uvicorn_log_config
-from tests.servers import LOCAL_ENV, ROOT, _running, free_port, procfile_command, run_cli_server
+from tests.servers import LOCAL_ENV, ROOT, free_port, procfile_command, run_cli_server, running
 
 JSON_LOG_CONFIG = ROOT / "pingforward" / "uvicorn-json-log.json"
 
@@ -381,10 +381,10 @@ def test_every_line_is_json(tmp_path: Path, how: str) -> None:
         env |= {"WEB_CONCURRENCY": "2", "UVICORN_LOG_CONFIG": str(JSON_LOG_CONFIG)}
     if how.startswith("procfile"):
         port = free_port()
-        running = _running(procfile_command(port), port, env, tmp_path / "procfile.log")
+        started = running(procfile_command(port), port, env, tmp_path / "procfile.log")
     else:
-        running = run_cli_server(tmp_path, "--workers", "2", env=env)
-    with running as server:
+        started = run_cli_server(tmp_path, "--workers", "2", env=env)
+    with started as server:
         httpx.post(server.base + "/?forward=http%3A%2F%2F127.0.0.1%3A9%2Fwm", content=ping_body(), trust_env=False)
     lines = server.output().splitlines()
     entries = [json.loads(line) for line in lines]  # fails on the first line that is not JSON

@@ -31,7 +31,7 @@ from pingforward.app import create_app
 from pingforward.config import Settings
 from pingforward.server import HEAD_SECONDS, MAX_FIELDS, MAX_HEAD, MAX_LINE, MAX_PIPELINE, SWEEP_SECONDS
 from tests import server_quick
-from tests.servers import LOCAL_ENV, LOCALHOST, Process, Receiver, _running, free_port, procfile_command, receiver
+from tests.servers import LOCAL_ENV, LOCALHOST, Process, Receiver, free_port, procfile_command, receiver, running
 
 Quick = server_quick.HttpToolsProtocol
 WAIT = 15.0  # generous bound for what the short bounds should end well within: a busy machine must not fail a test
@@ -65,7 +65,7 @@ def proxy(protocol: str | None = None) -> Iterator[Process]:
     # About request heads and forwarding alone: the spam checks, which would refuse the made-up sources
     # of these pings, are off (test_spam.py tests them).
     env = {**LOCAL_ENV, "PINGFORWARD_SPAM_CHECKS": "off"}
-    with tempfile.TemporaryDirectory() as tmp, _running(command, port, env, Path(tmp) / "proxy.log") as p:
+    with tempfile.TemporaryDirectory() as tmp, running(command, port, env, Path(tmp) / "proxy.log") as p:
         yield p
 
 

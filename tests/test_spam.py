@@ -25,11 +25,11 @@ from tests.servers import (
     Process,
     Receiver,
     Site,
-    _running,
     free_port,
     ping,
     procfile_command,
     receiver,
+    running,
     serve_app,
     serve_site,
 )
@@ -88,7 +88,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """The proxy on its defaults, but for reaching 127.0.0.x at random ports (LOCAL_ENV)."""
     port = free_port()
     log = tmp_path_factory.mktemp("spam") / "proxy.log"
-    with _running(procfile_command(port), port, LOCAL_ENV, log) as process:
+    with running(procfile_command(port), port, LOCAL_ENV, log) as process:
         yield process
 
 
@@ -180,7 +180,7 @@ def test_forty_links_of_one_post_are_forty_pings_and_one_fetch(
     source = blog.url("/forty/")
     port = free_port()
     with (
-        _running(procfile_command(port), port, LOCAL_ENV, tmp_path / "proxy.log") as proxy,
+        running(procfile_command(port), port, LOCAL_ENV, tmp_path / "proxy.log") as proxy,
         ThreadPoolExecutor(BURST) as pool,
     ):
         answers = list(
@@ -193,7 +193,7 @@ def test_forty_links_of_one_post_are_forty_pings_and_one_fetch(
 
 def test_refusals_are_counted_by_reason_in_the_summary(owner: Site, blog: Site, wm: Receiver, tmp_path: Path) -> None:
     port = free_port()
-    with _running(procfile_command(port), port, LOCAL_ENV, tmp_path / "proxy.log") as process:
+    with running(procfile_command(port), port, LOCAL_ENV, tmp_path / "proxy.log") as process:
         for path in ("/no-link/", "/no-link/", "/gone/"):
             ping(process.base, wm.url + "/ok", blog.url(path), owner.url(POST))
     # The summary is written once a minute, and when the worker stops.

@@ -22,13 +22,13 @@ from tests.servers import (
     Process,
     Receiver,
     Site,
-    _running,
     free_port,
     ping,
     procfile_command,
     receiver,
     redis_available,
     redis_server,
+    running,
     serve_site,
 )
 
@@ -39,7 +39,7 @@ TARGETS = 400
 def proxy_process(env: Mapping[str, str]) -> Iterator[Process]:
     """The proxy under the Procfile's command, with its log."""
     port = free_port()
-    with tempfile.TemporaryDirectory() as tmp, _running(procfile_command(port), port, env, Path(tmp) / "log") as p:
+    with tempfile.TemporaryDirectory() as tmp, running(procfile_command(port), port, env, Path(tmp) / "log") as p:
         yield p
 
 
