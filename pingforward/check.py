@@ -27,11 +27,19 @@ from pingforward.pingback import Fault, FaultCode, Ping, is_http_url, parse_resp
 from pingforward.send import read_capped
 from pingforward.verify import COPY_SETTING, FETCH_BOUND_SETTING, MASTER_SETTING, VERIFY_SETTING
 from pingforward.webmention import discover_webmention, pingback_link, rel_hrefs
+from pingforward.windows import FLOOD_CLIENT_SETTING, FLOOD_SOURCE_SETTING, REPEAT_SETTING
 
 MAX_PAGE: Final = 1024 * 1024
 MAX_REDIRECTS: Final = 20  # httpx's own limit, which check followed before
 # The settings that the proxy's spam checks name in their refusals.
-SPAM_SETTINGS: Final = (MASTER_SETTING, VERIFY_SETTING, COPY_SETTING, FETCH_BOUND_SETTING)
+SPAM_SETTINGS: Final = (
+    MASTER_SETTING,
+    VERIFY_SETTING,
+    COPY_SETTING,
+    FETCH_BOUND_SETTING,
+    FLOOD_CLIENT_SETTING,
+    FLOOD_SOURCE_SETTING,
+)
 MAX_ANSWER: Final = 64 * 1024
 
 
@@ -264,6 +272,12 @@ def judge_ping(status: int, body: bytes) -> Finding:
     try:
         text = parse_response(body)
     except Fault as fault:
+        if REPEAT_SETTING in fault.message:  # the same test ping again: the proxy forwarded it a moment ago
+            return Finding(
+                Verdict.OK,
+                f"test ping: fault {int(fault.code)} {fault.message} (the proxy forwarded this same ping "
+                "a moment ago; --source URL sends another)",
+            )
         if any(setting in fault.message for setting in SPAM_SETTINGS):
             # The proxy's own spam checks refused it (their refusals name their setting): the proxy works,
             # and would forward a ping from a page that links here.

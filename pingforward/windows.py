@@ -32,6 +32,7 @@ from pingforward.config import Settings
 from pingforward.forward import Outcome
 from pingforward.net.policy import host_literal
 from pingforward.pingback import FaultCode
+from pingforward.verify import FETCH_BOUND_SETTING  # the reflector's bound, named where it is refused
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +50,6 @@ STORE_RETRY: Final = 30.0
 REPEAT_SETTING: Final = "PINGFORWARD_REPEAT_WINDOW"
 FLOOD_CLIENT_SETTING: Final = "PINGFORWARD_FLOOD_CLIENT"
 FLOOD_SOURCE_SETTING: Final = "PINGFORWARD_FLOOD_SOURCE"
-FETCH_BOUND_SETTING: Final = "PINGFORWARD_FETCH_BOUND"
 
 
 class BoundedMemory(MemoryStorage):

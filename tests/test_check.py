@@ -284,6 +284,10 @@ JUDGE = [
     pytest.param(200, answer(-32601, "no such method"), Verdict.FAIL, id="xmlrpc"),
     pytest.param(200, b"<html>hello</html>", Verdict.FAIL, id="not-xmlrpc"),
     pytest.param(405, b"", Verdict.FAIL, id="http-405"),
+    # The proxy's own junk checks: the proxy works, and says why it did not forward this test ping.
+    pytest.param(200, answer(17, "no link (PINGFORWARD_VERIFY_SOURCE)."), Verdict.WARN, id="checks-no-link"),
+    pytest.param(200, answer(429, "too many (PINGFORWARD_FLOOD_CLIENT)"), Verdict.WARN, id="checks-flood"),
+    pytest.param(200, answer(48, "forwarded once (PINGFORWARD_REPEAT_WINDOW)"), Verdict.OK, id="checks-repeat"),
 ]
 
 
