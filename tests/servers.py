@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote
 
 import httpx
@@ -311,9 +312,10 @@ def serve_site(host: str = LOCALHOST) -> Iterator[Site]:
 
 
 @contextmanager
-def serve_app(app: ASGIApp) -> Iterator[str]:
-    """Run `app` under uvicorn in a thread; yield its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host=LOCALHOST, port=0, log_level="warning", access_log=False))
+def serve_app(app: ASGIApp, **options: Any) -> Iterator[str]:
+    """Run `app` under uvicorn in a thread, with more `uvicorn.Config` options if given; yield its base URL."""
+    config = uvicorn.Config(app, host=LOCALHOST, port=0, log_level="warning", access_log=False, **options)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -327,7 +329,7 @@ def serve_app(app: ASGIApp) -> Iterator[str]:
         yield f"http://{LOCALHOST}:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=30)
 
 
 @dataclass

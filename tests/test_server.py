@@ -24,14 +24,23 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 
 from pingforward import server
 from pingforward.app import create_app
 from pingforward.config import Settings
 from pingforward.server import HEAD_SECONDS, MAX_FIELDS, MAX_HEAD, MAX_LINE, MAX_PIPELINE, SWEEP_SECONDS
 from tests import server_quick
-from tests.servers import LOCAL_ENV, LOCALHOST, Process, Receiver, free_port, procfile_command, receiver, running
+from tests.servers import (
+    LOCAL_ENV,
+    LOCALHOST,
+    Process,
+    Receiver,
+    free_port,
+    procfile_command,
+    receiver,
+    running,
+    serve_app,
+)
 
 Quick = server_quick.HttpToolsProtocol
 WAIT = 15.0  # generous bound for what the short bounds should end well within: a busy machine must not fail a test
@@ -72,29 +81,8 @@ def proxy(protocol: str | None = None) -> Iterator[Process]:
 @contextmanager
 def in_process(protocol: type[server.HttpToolsProtocol]) -> Iterator[str]:
     """The app under uvicorn with `protocol` on uvloop, in a thread of this process: its counters are readable."""
-    config = uvicorn.Config(
-        create_app(Settings.from_environ(LOCAL_ENV)),
-        host=LOCALHOST,
-        port=0,
-        loop="uvloop",
-        http=protocol,
-        log_level="warning",
-        access_log=False,
-    )
-    runner = uvicorn.Server(config)
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):  # bounded: 10 s
-            if runner.started:
-                break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError("uvicorn did not start")
-        yield f"http://{LOCALHOST}:{runner.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        runner.should_exit = True
-        thread.join(timeout=30)
+    with serve_app(create_app(Settings.from_environ(LOCAL_ENV)), loop="uvloop", http=protocol) as base:
+        yield base
 
 
 def connect(base: str, timeout: float = WAIT) -> socket.socket:
