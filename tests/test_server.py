@@ -494,9 +494,12 @@ def test_a_client_that_never_reads_its_answers_is_closed() -> None:
     # transport's are full, reading stops, and after `unread_seconds` the connection is dropped.
     with proxy("tests.server_quick:HttpToolsProtocol") as quick:
         port = int(quick.base.rsplit(":", 1)[1])
-        with unreading(quick.base) as sock:
-            trickle(sock)
-            assert wait_for(lambda: server_connections(port) == 0)
+        for _ in range(3):  # on a busy machine the pipelining bound may close it first: tried again
+            with unreading(quick.base) as sock:
+                trickle(sock)
+                assert wait_for(lambda: server_connections(port) == 0)
+            if wait_for(lambda: "refused reason=unread-output" in quick.output(), 5.0):
+                break
         assert "refused reason=unread-output" in quick.output()
 
 
@@ -570,8 +573,13 @@ def test_unread_bodies_and_unread_answers_are_counted(counted: str) -> None:
     with connect(counted) as sock:
         send_quietly(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nx")
         assert status(answer_then_close(sock)) == 200
-    with unreading(counted) as sock:
-        trickle(sock)
+    # On a busy machine the server may read a backlog of more pipelined heads than MAX_PIPELINE at once and
+    # close for that first ("pipeline"): the client is tried again, at most three times.
+    for _ in range(3):
+        with unreading(counted) as sock:
+            trickle(sock)
+        if wait_for(lambda: "unread-output" in server.refusals - before, 5.0):
+            break
     assert wait_for(lambda: (server.refusals - before).keys() >= {"unread-body", "unread-output"})
 
 
